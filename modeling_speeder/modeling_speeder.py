@@ -80,15 +80,20 @@ class SpeederMoMELayer(nn.Module):
 
 
 class SpeederModalityGate(nn.Module):
-    """`e = act(A_tan(e)) ⊙ e` on a non-text modality (MPO stage 2). A tanh gate starts at zero: no influence at init."""
+    """`e = act(A_tan e + b) ⊙ e` on a non-text modality (MPO stage 2), `(num_items, d_f)` → `(num_items, d_f)`.
+
+    A tanh gate starts at zero (no influence at init, like Flamingo's gates); a ReLU gate starts open (bias 1),
+    since a closed ReLU gate would never receive a gradient.
+    """
 
     def __init__(self, config: SpeederConfig):
         super().__init__()
         self.gate_type = config.gate_type
-        self.proj = nn.Linear(config.fusion_hidden_size, config.fusion_hidden_size)
+        self.weight = nn.Parameter(torch.empty(config.fusion_hidden_size, config.fusion_hidden_size))
+        self.bias = nn.Parameter(torch.empty(config.fusion_hidden_size))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        gate = self.proj(embeddings)
+        gate = nn.functional.linear(embeddings, self.weight, self.bias)
         gate = torch.tanh(gate) if self.gate_type == "tanh" else torch.relu(gate)
         return gate * embeddings
 
@@ -163,11 +168,13 @@ class SpeederPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, SpeederModalityGate) and module.gate_type == "tanh":
-            init.zeros_(module.proj.weight)  # tanh(0) = 0: a new modality enters with exactly zero influence
-            init.zeros_(module.proj.bias)
-        elif isinstance(module, SpeederModel) and module.history_position_embeddings is not None:
-            init.normal_(module.history_position_embeddings.weight, std=self.config.text_config.initializer_range)
+        if isinstance(module, SpeederModalityGate):
+            if module.gate_type == "tanh":
+                init.zeros_(module.weight)
+                init.zeros_(module.bias)
+            else:
+                init.normal_(module.weight, std=self.config.text_config.initializer_range)
+                init.ones_(module.bias)
 
 
 class SpeederModel(SpeederPreTrainedModel):
@@ -367,6 +374,19 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         )
 
     @torch.no_grad()
+    def answer_logits(
+        self, input_ids: torch.LongTensor, token_ids: list[int], attention_mask: torch.Tensor | None = None, **item_inputs
+    ) -> torch.Tensor:
+        """Logits `(batch, len(token_ids))` of the given answer tokens at each prompt's last real token, from one
+        forward pass that projects only those positions and tokens (left or right padding both work)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **item_inputs)[0]
+        last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
+        answer_states = hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last]
+        weights = self.lm_head.weight[torch.tensor(token_ids, device=answer_states.device)]
+        return answer_states @ weights.T
+
     def score_candidates(
         self,
         input_ids: torch.LongTensor,
@@ -375,18 +395,12 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         **item_inputs,
     ) -> torch.Tensor:
         """Candidate scores `(batch, num_candidates)` from ONE forward pass: the logits of the candidate label tokens
-        at each prompt's last real token (prompts end with "Answer:"; left or right padding both work)."""
+        at the answer position (prompts end with "Answer:")."""
         if self.config.candidate_label_token_ids is None:
             raise ValueError("config.candidate_label_token_ids is unset: build the model with its tokenizer.")
         num_candidates = num_candidates or len(self.config.candidate_label_token_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **item_inputs)[0]
-        last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
-        answer_states = hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last]
-        label_ids = torch.tensor(self.config.candidate_label_token_ids[:num_candidates], device=answer_states.device)
-        label_weights = self.lm_head.weight[label_ids]
-        return answer_states @ label_weights.T
+        token_ids = self.config.candidate_label_token_ids[:num_candidates]
+        return self.answer_logits(input_ids, token_ids, attention_mask=attention_mask, **item_inputs)
 
     def prompt_builder(self, tokenizer) -> SpeederPromptBuilder:
         """The prompt builder this model was trained with, checked against the config's token ids."""

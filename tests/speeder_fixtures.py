@@ -1,0 +1,87 @@
+"""Small Speeder models and data sets written in the data builder's output format, for fast tests."""
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict
+from safetensors.torch import save_file
+
+from modeling_speeder.backbones import build_speeder_model
+
+TINY_MODEL_KWARGS = dict(
+    text_feature_size=12,
+    vision_feature_size=10,
+    id_feature_size=8,
+    fusion_hidden_size=32,
+    fusion_num_attention_heads=4,
+    fusion_intermediate_size=64,
+    max_history_length=8,
+)
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A Speeder model on the tiny random Llama backbone (a few hundred thousand parameters) and its tokenizer."""
+    torch.manual_seed(seed)
+    return build_speeder_model("tiny", **{**TINY_MODEL_KWARGS, **overrides})
+
+
+def item_inputs(num_items: int, modality_mask=None, seed: int = 0, history_positions=None) -> dict:
+    """Random item features for `num_items` placeholders (all modalities present unless a mask is given)."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {
+        "text_features": torch.randn(num_items, TINY_MODEL_KWARGS["text_feature_size"], generator=generator),
+        "vision_features": torch.randn(num_items, TINY_MODEL_KWARGS["vision_feature_size"], generator=generator),
+        "id_features": torch.randn(num_items, TINY_MODEL_KWARGS["id_feature_size"], generator=generator),
+        "modality_mask": torch.ones(num_items, 3, dtype=torch.bool) if modality_mask is None else modality_mask,
+    }
+    if history_positions is not None:
+        inputs["history_positions"] = torch.as_tensor(history_positions)
+    return inputs
+
+
+def write_planted_dataset(
+    data_dir: Path, num_items: int = 24, num_sequences: int = 120, history_length: int = 6, num_candidates: int = 5,
+    modalities=("text", "vision", "id"), seed: int = 0,
+) -> Path:
+    """A data set whose next item is always `(last item + 1) mod num_items`, with one-hot-like item features.
+
+    Written exactly as `python -m datasets_builder` writes: `sequences/` (train/valid/test + ppt_train/ppt_valid),
+    `items/`, `features/<modality>.safetensors`.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for sequence_id in range(num_sequences):
+        start = rng.randrange(num_items)
+        items = [(start + k) % num_items for k in range(history_length + 1)]
+        history, target = items[:-1], items[-1]
+        negatives = rng.sample([i for i in range(num_items) if i not in items], num_candidates - 1)
+        candidates = negatives + [target]
+        rng.shuffle(candidates)
+        rows.append({"sequence_id": sequence_id, "user_id": f"u{sequence_id}", "history": history,
+                     "target": target, "candidates": candidates, "label": candidates.index(target)})
+    cut1, cut2 = int(0.7 * len(rows)), int(0.9 * len(rows))
+    splits = {"train": rows[:cut1], "valid": rows[cut1:cut2], "test": rows[cut2:]}
+    for name in ("train", "valid"):
+        ppt = []
+        for row in splits[name]:
+            positions = rng.sample(range(len(row["history"])), 3)
+            a, b, c = positions
+            ppt.append({"sequence_id": row["sequence_id"], "user_id": row["user_id"], "history": row["history"],
+                        "ppt_positions": positions, "ppt_label": "yes" if abs(a - b) <= abs(b - c) else "no"})
+        splits[f"ppt_{name}"] = ppt
+    DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(data_dir / "sequences"))
+    Dataset.from_list([
+        {"item_index": i, "item_id": f"item{i}", "title": f"item {i}", "text": f"item {i}", "image_path": "",
+         "has_text": True, "has_image": "vision" in modalities} for i in range(num_items)
+    ]).save_to_disk(str(data_dir / "items"))
+    (data_dir / "features").mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    for modality in modalities:
+        size = TINY_MODEL_KWARGS[f"{modality}_feature_size"]
+        features = torch.randn(num_items, size, generator=generator)
+        save_file({"features": features, "present": torch.ones(num_items, dtype=torch.bool)},
+                  str(data_dir / "features" / f"{modality}.safetensors"))
+    (data_dir / "stats.json").write_text(json.dumps({"items": num_items, "sequences": num_sequences}))
+    return data_dir

@@ -1,0 +1,112 @@
+"""Command-line / YAML arguments of `trainer/run.py`: Speeder's own, and TRL's `SFTConfig` with CPU-safe defaults."""
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from trl import SFTConfig
+
+from modeling_speeder import GATE_TYPES, MODALITIES
+from modeling_speeder.backbones import NAMED_BACKBONES
+
+from .stages import parse_stages
+
+# Table 3 of the paper: each ablation is a set of argument values, nothing else.
+ABLATIONS = {
+    "none": {},
+    "wo_ppt": {"ppt_per_sequence": 0.0},
+    "wo_ppl": {"use_history_positions": False},
+    "wo_spae": {"ppt_per_sequence": 0.0, "use_history_positions": False},
+    "wo_stage1": {"stages": "2,3"},
+    "wo_stages12": {"stages": "3"},
+    "wo_text": {"drop_modalities": "text"},
+    "wo_vision": {"drop_modalities": "vision"},
+    "wo_id": {"drop_modalities": "id"},
+    "gate_relu": {"gate_type": "relu"},
+    "gate_none": {"gate_type": "none"},
+}
+# Ablations that start a later stage without its predecessor (the others need the previous stage's weights).
+STAGE_SKIPPING_ABLATIONS = ("wo_stage1", "wo_stages12")
+
+
+@dataclass
+class SpeederArguments:
+    """Speeder's training arguments; `SFTConfig` holds the optimiser, batch, epochs, logging and saving."""
+
+    data_dir: str = field(metadata={"help": "Output folder of `python -m datasets_builder`."})
+    backbone: str = field(
+        default="tiny", metadata={"help": f"One of {list(NAMED_BACKBONES)}, a local causal-LM folder or a Hub id."}
+    )
+    stages: str = field(default="1,2,3", metadata={"help": "MPO stages to run, e.g. '1,2,3' or '2,3'."})
+    ablation: str = field(default="none", metadata={"help": f"One of {list(ABLATIONS)} (paper Table 3)."})
+    drop_modalities: str = field(default="", metadata={"help": "Comma-separated modalities whose data is left out."})
+    max_history: int = field(default=20, metadata={"help": "Most recent history items in a prompt (PPL rows)."})
+    ppt_per_sequence: float = field(
+        default=1.0, metadata={"help": "PPT samples mixed in per training sequence (0 disables PPT)."}
+    )
+    use_history_positions: bool = field(default=True, metadata={"help": "Position Prompt Learning (PPL)."})
+    gate_type: str = field(default="tanh", metadata={"help": f"One of {list(GATE_TYPES)}."})
+    fusion_hidden_size: int = 256
+    fusion_num_attention_heads: int = 4
+    fusion_intermediate_size: int = 1024
+    num_modality_expert_layers: int = 1
+    num_multimodal_expert_layers: int = 1
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated module names."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on recommendation samples per stage."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on valid/test samples evaluated."})
+    eval_batch_size: int = 16
+    eval_generate: bool = field(default=True, metadata={"help": "Measure ValidRatio by free generation."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted stage from its last checkpoint."})
+
+    def resolved(self) -> "SpeederArguments":
+        """Applies the ablation's values and validates everything; raises ValueError naming the bad value."""
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {list(ABLATIONS)}, got {self.ablation!r}.")
+        for name, value in ABLATIONS[self.ablation].items():
+            setattr(self, name, value)
+        parse_stages(self.stages)
+        unknown = set(self.dropped_modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"drop_modalities must name modalities from {list(MODALITIES)}, got {sorted(unknown)}.")
+        if self.gate_type not in GATE_TYPES:
+            raise ValueError(f"gate_type must be one of {list(GATE_TYPES)}, got {self.gate_type!r}.")
+        if self.ppt_per_sequence < 0:
+            raise ValueError(f"ppt_per_sequence must be >= 0, got {self.ppt_per_sequence}.")
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
+        return self
+
+    @property
+    def stage_numbers(self) -> list[int]:
+        return parse_stages(self.stages)
+
+    @property
+    def dropped_modalities(self) -> list[str]:
+        return [m.strip() for m in self.drop_modalities.split(",") if m.strip()]
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class SpeederSFTConfig(SFTConfig):
+    """`SFTConfig` with the settings a custom collator needs and defaults that run on a CPU."""
+
+    remove_unused_columns: bool = False
+    dataset_kwargs: dict | str | None = field(default_factory=lambda: {"skip_prepare_dataset": True})
+    report_to: str | list[str] = "tensorboard"
+    warmup_steps: float = 0.1
+    save_strategy: str = "epoch"
+    save_total_limit: int | None = 2
+
+    def __post_init__(self):
+        if not torch.cuda.is_available():
+            self.bf16 = False if self.bf16 is None else self.bf16
+            self.dataloader_pin_memory = False
+        super().__post_init__()

@@ -1,0 +1,249 @@
+"""The MPO curriculum: one SFTTrainer run per stage, each starting from the previous stage's saved adapter."""
+
+import copy
+import json
+import math
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import torch
+from datasets import Dataset, Features, List, Value, concatenate_datasets
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import set_seed
+from trl import SFTTrainer
+
+from datasets_builder.build import load_built_dataset
+from datasets_builder.features import load_item_features
+from modeling_speeder import MODALITIES
+from modeling_speeder.backbones import build_speeder_model
+
+from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTConfig
+from .collator import ItemFeatureTable, SpeederCollator
+from .evaluation import evaluate_ppt, evaluate_recommendation
+from .reporting import plot_training_curve, results_table, write_log
+from .stages import STAGES, Stage, apply_stage, check_frozen_unchanged, frozen_fingerprints
+
+MODULES_TO_SAVE = ["item_encoder", "history_position_embeddings"]
+RUN_CONFIG = "run_config.json"
+STAGE_DONE = "stage_metrics.json"
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warm-up from 1/100 of the peak, then cosine decay to 0 (paper §3.1)."""
+    if step < warmup_steps:
+        return 0.01 + 0.99 * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class SpeederSFTTrainer(SFTTrainer):
+    """SFTTrainer with the paper's LR schedule and Speeder metrics (HR@1 and PPT accuracy) at evaluation."""
+
+    def __init__(self, *args, eval_collator=None, eval_sets=None, speeder_args=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator, self.eval_sets, self.speeder_args = eval_collator, eval_sets or {}, speeder_args
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            schedule = partial(warmup_cosine, warmup_steps=warmup, total_steps=num_training_steps)
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, schedule)
+        return self.lr_scheduler
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        metrics = {}
+        if "valid" in self.eval_sets:
+            rec = evaluate_recommendation(
+                self.model, self.eval_collator, self.eval_sets["valid"], self.speeder_args.eval_batch_size,
+                self.speeder_args.max_eval_samples, generate=False, desc="valid",
+            )
+            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in rec.items() if k != "num_samples"})
+        if "ppt_valid" in self.eval_sets:
+            ppt = evaluate_ppt(self.model, self.eval_collator, self.eval_sets["ppt_valid"],
+                               self.speeder_args.eval_batch_size, self.speeder_args.max_eval_samples)
+            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in ppt.items()})
+        self.log(metrics)
+        self.model.train()
+        return metrics
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Writes JSON to a temporary file beside `path`, then renames it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def check_run_config(run_dir: Path, config: dict) -> None:
+    """Records the run's config; a rerun/resume with a different config fails naming what differs."""
+    path = run_dir / RUN_CONFIG
+    if path.exists():
+        previous = json.loads(path.read_text())
+        differs = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v and k not in ("resume",)}
+        if differs:
+            lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differs.items())
+            raise ValueError(
+                f"{run_dir} holds a run with another config ({lines}). Use a new --output_dir, or the same values."
+            )
+    else:
+        write_json_atomic(path, config)
+
+
+def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int | None) -> Dataset:
+    """Recommendation rows plus `ppt_per_sequence` PPT rows per sequence, shuffled together."""
+    rec = sequences["train"]
+    if max_samples is not None:
+        rec = rec.select(range(min(max_samples, len(rec))))
+    features = Features({"history": List(Value("int64")), "candidates": List(Value("int64")), "label": Value("int64"),
+                         "ppt_positions": List(Value("int64")), "ppt_label": Value("string")})
+    rec = rec.select_columns(["history", "candidates", "label"])
+    parts = [rec.map(lambda _: {"ppt_positions": [], "ppt_label": ""}, features=features)]
+    if args.ppt_per_sequence > 0 and "ppt_train" in sequences:
+        ppt = sequences["ppt_train"]
+        count = min(len(ppt), int(round(args.ppt_per_sequence * len(rec))))
+        ppt = ppt.shuffle(seed=seed).select(range(count)).select_columns(["history", "ppt_positions", "ppt_label"])
+        parts.append(ppt.map(lambda _: {"candidates": [], "label": -1}, features=features))
+    return concatenate_datasets(parts).shuffle(seed=seed)
+
+
+def load_features(data_dir: str, args: SpeederArguments) -> ItemFeatureTable:
+    """The cached features of every modality that has a feature file with at least one present item."""
+    wanted = [m for m in MODALITIES if m not in args.dropped_modalities]
+    on_disk = [m for m in wanted if (Path(data_dir) / "features" / f"{m}.safetensors").is_file()]
+    if not on_disk:
+        raise FileNotFoundError(f"No item features for {wanted} in {data_dir}/features: run "
+                                "`python -m datasets_builder features`.")
+    loaded = {m: (f, p.bool()) for m, (f, p) in load_item_features(data_dir, modalities=tuple(on_disk)).items()
+              if p.any()}
+    return ItemFeatureTable({m: f for m, (f, _) in loaded.items()}, {m: p for m, (_, p) in loaded.items()})
+
+
+def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, previous_adapter: Path | None):
+    """The Speeder model (seeded, so every stage rebuilds identical base weights) wrapped with LoRA."""
+    set_seed(seed)
+    sizes = {f"{m}_feature_size": features.features[m].shape[1] for m in features.features}
+    model, tokenizer = build_speeder_model(
+        args.backbone,
+        modalities=list(features.features),
+        max_history_length=args.max_history,
+        use_history_positions=args.use_history_positions,
+        gate_type=args.gate_type,
+        fusion_hidden_size=args.fusion_hidden_size,
+        fusion_num_attention_heads=args.fusion_num_attention_heads,
+        fusion_intermediate_size=args.fusion_intermediate_size,
+        num_modality_expert_layers=args.num_modality_expert_layers,
+        num_multimodal_expert_layers=args.num_multimodal_expert_layers,
+        **sizes,
+    )
+    known = {name.split(".")[-1] for name, _ in model.model.language_model.named_modules()}
+    unknown = [m for m in args.target_modules if m not in known]
+    if unknown:
+        linear = sorted({n.split(".")[-1] for n, m in model.model.language_model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"lora_target_modules {unknown} are not in the backbone; its linear layers are {linear}.")
+    if previous_adapter is not None:
+        return PeftModel.from_pretrained(model, previous_adapter, is_trainable=True), tokenizer
+    modules_to_save = [m for m in MODULES_TO_SAVE if getattr(model.model, m, None) is not None]
+    lora = LoraConfig(
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=args.target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), tokenizer
+
+
+def stage_modalities(stage: Stage, features: ItemFeatureTable) -> tuple[str, ...]:
+    return tuple(m for m in stage.modalities if m in features.features)
+
+
+def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTConfig, data, features, run_dir: Path,
+              previous_adapter: Path | None) -> dict:
+    stage_dir = run_dir / f"stage{stage.number}"
+    model, tokenizer = build_model(args, features, training_args.seed, previous_adapter)
+    trainable = apply_stage(model, stage)
+    modalities = stage_modalities(stage, features)
+    collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features, modalities, args.max_history)
+    rows = training_rows(data, args, training_args.seed, args.max_train_samples)
+    features.check_items({i for row in rows for i in row["history"] + row["candidates"]}, modalities)
+    stage_args = copy.deepcopy(training_args)
+    stage_args.output_dir, stage_args.logging_dir = str(stage_dir), str(stage_dir / "tensorboard")
+    before = frozen_fingerprints(model)
+    trainer = SpeederSFTTrainer(
+        model=model,
+        args=stage_args,
+        train_dataset=rows,
+        data_collator=collator,
+        processing_class=tokenizer,
+        eval_collator=collator,
+        eval_sets={k: data[k] for k in ("valid", "ppt_valid") if k in data},
+        speeder_args=args,
+    )
+    checkpoints = sorted(stage_dir.glob("checkpoint-*"))
+    print(f"Stage {stage.number} ({stage.name}): modalities {list(modalities)}, {len(rows)} training rows, "
+          f"{sum(model.get_parameter(n).numel() for n in trainable):,} trainable parameters")
+    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if args.resume and checkpoints else None)
+    check_frozen_unchanged(before, frozen_fingerprints(model))
+    model.save_pretrained(stage_dir / "adapter")
+    tokenizer.save_pretrained(stage_dir / "adapter")
+    valid = evaluate_recommendation(model, collator, data["valid"], args.eval_batch_size, args.max_eval_samples,
+                                    generate=args.eval_generate, desc=f"stage {stage.number} valid")
+    if "ppt_valid" in data:
+        valid.update(evaluate_ppt(model, collator, data["ppt_valid"], args.eval_batch_size, args.max_eval_samples))
+    write_log(trainer.state.log_history, stage_dir)
+    plot_training_curve(trainer.state.log_history, stage_dir / "training_curve.png", f"Stage {stage.number}")
+    metrics = {"stage": stage.number, "modalities": list(modalities), "train_rows": len(rows),
+               "train_runtime_s": trainer.state.log_history[-1].get("train_runtime"), "valid": valid}
+    write_json_atomic(stage_dir / STAGE_DONE, metrics)  # written last: marks the stage finished
+    return metrics
+
+
+def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dict:
+    """Runs the requested MPO stages, then evaluates the last one on the test split; returns the results."""
+    args.resolved()
+    run_dir = Path(training_args.output_dir)
+    check_run_config(run_dir, args.to_dict() | {"seed": training_args.seed,
+                                                "learning_rate": training_args.learning_rate,
+                                                "num_train_epochs": training_args.num_train_epochs})
+    data, _, _ = load_built_dataset(args.data_dir)
+    features = load_features(args.data_dir, args)
+    stage_metrics = {}
+    for number in args.stage_numbers:
+        stage = STAGES[number]
+        stage_dir = run_dir / f"stage{number}"
+        if (stage_dir / STAGE_DONE).exists():
+            print(f"Stage {number} already finished in {stage_dir}: skipped.")
+            stage_metrics[number] = json.loads((stage_dir / STAGE_DONE).read_text())
+            continue
+        if not stage_modalities(stage, features):
+            print(f"Stage {number}: none of its modalities {list(stage.modalities)} have features: skipped.")
+            continue
+        previous = _previous_adapter(run_dir, number, args)
+        stage_metrics[number] = run_stage(stage, args, training_args, data, features, run_dir, previous)
+    last = max(stage_metrics)
+    model, tokenizer = build_model(args, features, training_args.seed, run_dir / f"stage{last}" / "adapter")
+    collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features,
+                               stage_modalities(STAGES[last], features), args.max_history)
+    test = evaluate_recommendation(model, collator, data["test"], args.eval_batch_size, args.max_eval_samples,
+                                   generate=args.eval_generate, desc="test")
+    results = {"stages": {str(k): v for k, v in stage_metrics.items()}, "test": test, "final_stage": last,
+               "config": args.to_dict()}
+    write_json_atomic(run_dir / "results.json", results)
+    (run_dir / "results.md").write_text(results_table(results))
+    print(results_table(results))
+    return results
+
+
+def _previous_adapter(run_dir: Path, number: int, args: SpeederArguments) -> Path | None:
+    earlier = [n for n in STAGES if n < number and (run_dir / f"stage{n}" / STAGE_DONE).exists()]
+    if earlier:
+        return run_dir / f"stage{max(earlier)}" / "adapter"
+    if number == 1 or args.ablation in STAGE_SKIPPING_ABLATIONS:
+        return None
+    raise ValueError(
+        f"Stage {number} starts from stage {number - 1}'s weights, but {run_dir} has no finished stage {number - 1}: "
+        f"run it first (--stages {number - 1},{number}), or start fresh with --ablation wo_stage1 / wo_stages12."
+    )
