@@ -13,6 +13,7 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from datasets_builder.build import load_built_dataset
@@ -170,7 +171,7 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
     rows = training_rows(data, args, training_args.seed, args.max_train_samples)
     features.check_items({i for row in rows for i in row["history"] + row["candidates"]}, modalities)
     stage_args = copy.deepcopy(training_args)
-    stage_args.output_dir, stage_args.logging_dir = str(stage_dir), str(stage_dir / "tensorboard")
+    stage_args.output_dir = str(stage_dir)  # checkpoints, and TensorBoard events under runs/
     before = frozen_fingerprints(model)
     trainer = SpeederSFTTrainer(
         model=model,
@@ -182,10 +183,12 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
         eval_sets={k: data[k] for k in ("valid", "ppt_valid") if k in data},
         speeder_args=args,
     )
-    checkpoints = sorted(stage_dir.glob("checkpoint-*"))
+    checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    if checkpoint and not args.resume:
+        print(f"Stage {stage.number}: {checkpoint} exists but --resume is off: training the stage from its start.")
     print(f"Stage {stage.number} ({stage.name}): modalities {list(modalities)}, {len(rows)} training rows, "
           f"{sum(model.get_parameter(n).numel() for n in trainable):,} trainable parameters")
-    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if args.resume and checkpoints else None)
+    trainer.train(resume_from_checkpoint=checkpoint if args.resume else None)
     check_frozen_unchanged(before, frozen_fingerprints(model))
     model.save_pretrained(stage_dir / "adapter")
     tokenizer.save_pretrained(stage_dir / "adapter")

@@ -1,0 +1,216 @@
+"""The MPO trainer: stages end to end, the stage table, resume, ablation switches, metrics and bad input."""
+
+import json
+
+import pytest
+import torch
+from speeder_fixtures import write_planted_dataset
+from safetensors.torch import load_file
+
+from metrics import compute_choice_metrics, compute_ranking_metrics
+from trainer.arguments import ABLATIONS, SpeederArguments
+from trainer.collator import IGNORE_INDEX
+from trainer.pipeline import SpeederSFTTrainer, build_model, load_features, training_rows, warmup_cosine
+from trainer.run import main
+from trainer.stages import STAGES, apply_stage, check_frozen_unchanged, frozen_fingerprints
+
+TINY = ["--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--report_to", "none",
+        "--eval_generate", "false", "--max_eval_samples", "8", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_planted_dataset(tmp_path_factory.mktemp("data"), num_sequences=40)
+
+
+def run(data_dir, output_dir, *extra):
+    return main(["--data_dir", str(data_dir), "--output_dir", str(output_dir), *TINY, *extra])
+
+
+def tiny_args(data_dir, **overrides) -> SpeederArguments:
+    values = dict(data_dir=str(data_dir), fusion_hidden_size=32, fusion_intermediate_size=64, max_history=8)
+    return SpeederArguments(**{**values, **overrides}).resolved()
+
+
+def test_three_stages_run_end_to_end_and_rerun_skips_them(data_dir, tmp_path, capsys):
+    results = run(data_dir, tmp_path, "--max_steps", "3", "--report_to", "tensorboard")
+    assert sorted(results["stages"]) == ["1", "2", "3"]
+    assert results["stages"]["1"]["modalities"] == ["text"]
+    assert results["stages"]["3"]["modalities"] == ["text", "vision", "id"]
+    assert 0.0 <= results["test"]["hr@1"] <= 1.0 and "ndcg@5" in results["test"]
+    for stage in (1, 2, 3):
+        folder = tmp_path / f"stage{stage}"
+        assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+        assert (folder / "training_curve.png").stat().st_size > 0
+        assert "loss" in (folder / "log.csv").read_text().splitlines()[0]
+        assert list(folder.glob("runs/*/events.out.tfevents.*"))
+    assert "| Speeder, stage 3 (test) |" in (tmp_path / "results.md").read_text()
+    capsys.readouterr()
+    rerun = run(data_dir, tmp_path, "--max_steps", "3", "--report_to", "tensorboard")
+    assert capsys.readouterr().out.count("already finished") == 3
+    assert rerun["test"] == results["test"]
+
+
+def test_each_stage_starts_from_the_previous_stage_weights(data_dir, tmp_path):
+    run(data_dir, tmp_path, "--max_steps", "2")
+    stage1 = load_file(str(tmp_path / "stage1" / "adapter" / "adapter_model.safetensors"))
+    args = tiny_args(data_dir)
+    model, _ = build_model(args, load_features(str(data_dir), args), 42, tmp_path / "stage1" / "adapter")
+    loaded = {n: p for n, p in model.named_parameters() if "text.fc1" in n and "modules_to_save" in n}
+    saved = {n: t for n, t in stage1.items() if "text.fc1" in n}
+    assert loaded and len(loaded) == len(saved)
+    for name, tensor in saved.items():
+        match = [p for n, p in loaded.items() if n.endswith(name.split("item_encoder.")[-1])]
+        assert any(torch.equal(p.detach(), tensor) for p in match)
+
+
+def test_stage_table_trains_only_its_groups(data_dir):
+    args = tiny_args(data_dir)
+    model, _ = build_model(args, load_features(str(data_dir), args), 0, None)
+    stage1 = apply_stage(model, STAGES[1])
+    assert any("adapters.text" in n for n in stage1) and any("experts.text" in n for n in stage1)
+    assert any("lora_A" in n for n in stage1) and any("history_position_embeddings" in n for n in stage1)
+    for frozen in ("adapters.vision", "adapters.id", "experts.multimodal", "attention", "gates", "original_module"):
+        assert not any(frozen in n for n in stage1), frozen
+    stage2 = apply_stage(model, STAGES[2])
+    assert any("gates.vision" in n for n in stage2) and not any("experts.id" in n or "adapters.id" in n for n in stage2)
+    stage3 = apply_stage(model, STAGES[3])
+    assert any("experts.id" in n for n in stage3) and not any("original_module" in n for n in stage3)
+
+
+def test_frozen_check_detects_a_changed_tensor(data_dir):
+    args = tiny_args(data_dir)
+    model, _ = build_model(args, load_features(str(data_dir), args), 0, None)
+    apply_stage(model, STAGES[1])
+    before = frozen_fingerprints(model)
+    check_frozen_unchanged(before, frozen_fingerprints(model))
+    with torch.no_grad():
+        model.get_base_model().model.language_model.norm.weight.add_(1e-6)
+    with pytest.raises(RuntimeError, match="frozen tensors changed"):
+        check_frozen_unchanged(before, frozen_fingerprints(model))
+
+
+def test_interrupted_stage_resumes_to_the_same_weights(data_dir, tmp_path, monkeypatch):
+    steps = ["--stages", "1", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    run(data_dir, tmp_path / "straight", *steps)
+
+    original = SpeederSFTTrainer.training_step
+
+    def crash_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeederSFTTrainer, "training_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_dir, tmp_path / "resumed", *steps)
+    assert not (tmp_path / "resumed" / "stage1" / "stage_metrics.json").exists()
+    monkeypatch.setattr(SpeederSFTTrainer, "training_step", original)
+    run(data_dir, tmp_path / "resumed", *steps, "--resume", "true")
+    straight = load_file(str(tmp_path / "straight" / "stage1" / "adapter" / "adapter_model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "stage1" / "adapter" / "adapter_model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:  # same seed, same data order, optimizer and RNG states restored from checkpoint-2
+        torch.testing.assert_close(resumed[name], straight[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_with_another_config_says_what_differs(data_dir, tmp_path):
+    run(data_dir, tmp_path, "--stages", "1", "--max_steps", "1")
+    with pytest.raises(ValueError, match=r"lora_r: 8 -> 4"):
+        run(data_dir, tmp_path, "--stages", "1", "--max_steps", "1", "--lora_r", "4")
+
+
+def test_later_stage_without_its_predecessor_is_refused(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="no finished stage 1"):
+        run(data_dir, tmp_path, "--stages", "2,3", "--max_steps", "1")
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [("--ablation", "wo_everything", "ablation must be one of"), ("--stages", "1,4", "stages must be"),
+     ("--drop_modalities", "audio", "drop_modalities must name"), ("--gate_type", "sigmoid", "gate_type must be"),
+     ("--backbone", "no-such-model", "neither a folder nor one of"),
+     ("--lora_target_modules", "qq_proj", "its linear layers are")],
+)
+def test_bad_values_fail_before_training_naming_the_valid_ones(data_dir, tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        run(data_dir, tmp_path, flag, value, "--max_steps", "1")
+    assert not list(tmp_path.glob("stage*/adapter"))
+
+
+def test_item_without_features_is_named(tmp_path):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text",))
+    features = load_file(str(data_dir / "features" / "text.safetensors"))
+    features["present"][3] = False
+    from safetensors.torch import save_file
+
+    save_file(features, str(data_dir / "features" / "text.safetensors"))
+    with pytest.raises(ValueError, match=r"Items \[3\] have no features"):
+        run(data_dir, tmp_path / "run", "--max_steps", "1", "--stages", "1")
+
+
+def test_ablation_switches_change_what_they_claim(data_dir):
+    assert set(ABLATIONS) >= {"wo_ppt", "wo_ppl", "wo_spae", "wo_stage1", "wo_stages12", "wo_text", "wo_vision",
+                              "wo_id", "gate_relu", "gate_none"}
+    with_ppt = training_rows(load_sequences(data_dir), tiny_args(data_dir), 0, None)
+    without_ppt = training_rows(load_sequences(data_dir), tiny_args(data_dir, ablation="wo_ppt"), 0, None)
+    assert sum(1 for r in with_ppt if r["ppt_positions"]) > 0
+    assert sum(1 for r in without_ppt if r["ppt_positions"]) == 0 and len(without_ppt) < len(with_ppt)
+    args = tiny_args(data_dir, ablation="wo_ppl")
+    model, _ = build_model(args, load_features(str(data_dir), args), 0, None)
+    assert model.get_base_model().model.history_position_embeddings is None
+    args = tiny_args(data_dir, ablation="gate_none")
+    model, _ = build_model(args, load_features(str(data_dir), args), 0, None)
+    assert len(model.get_base_model().model.item_encoder.gates) == 0
+    assert "vision" not in load_features(str(data_dir), tiny_args(data_dir, ablation="wo_vision")).features
+    assert tiny_args(data_dir, ablation="wo_stages12").stage_numbers == [3]
+
+
+def load_sequences(data_dir):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(data_dir / "sequences"))
+
+
+def test_ppt_rows_carry_their_eq14_label_and_items_in_shown_order(data_dir):
+    args = tiny_args(data_dir)
+    model, tokenizer = build_model(args, load_features(str(data_dir), args), 0, None)
+    from trainer.collator import SpeederCollator
+
+    builder = model.get_base_model().prompt_builder(tokenizer)
+    features = load_features(str(data_dir), args)
+    collator = SpeederCollator(builder, features, ("text",), max_history=8)
+    row = load_sequences(data_dir)["ppt_train"][0]
+    a, b, c = row["ppt_positions"]
+    assert row["ppt_label"] == ("yes" if abs(a - b) <= abs(b - c) else "no")
+    prompt, items = collator.encode(row)
+    assert items == row["history"] + [row["history"][p] for p in (a, b, c)]
+    assert prompt.history_positions == list(range(1, len(row["history"]) + 1)) + [0, 0, 0]
+    batch = collator([row])
+    answer = batch["labels"][batch["labels"] != IGNORE_INDEX]
+    assert answer.tolist() == [builder.ppt_answer_token_ids[row["ppt_label"]]]
+
+
+def test_metrics_on_hand_made_predictions():
+    choice = compute_choice_metrics([2, -1, 0, 1, 1], [2, 0, 1, 1, 3])
+    assert choice["valid_ratio"] == pytest.approx(4 / 5)
+    assert choice["hr@1"] == pytest.approx(2 / 4) and choice["vhr@1"] == pytest.approx(2 / 5)
+    ranking = compute_ranking_metrics([[0.9, 0.1, 0.5], [0.2, 0.2, 0.1], [0.1, 0.3, 0.2]], [0, 0, 2], k_values=(1, 2))
+    assert ranking["hr@1"] == pytest.approx(1 / 3)  # the tie in row 2 counts against the true item
+    assert ranking["hr@2"] == pytest.approx(1.0)
+    assert ranking["ndcg@2"] == pytest.approx((1 + 1 / torch.log2(torch.tensor(3.0)).item() * 2) / 3)
+    assert ranking["vhr@1"] == ranking["hr@1"] and ranking["valid_ratio"] == 1.0
+
+
+def test_learning_rate_warms_up_from_one_hundredth_then_decays():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.01)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_results_json_is_valid(data_dir, tmp_path):
+    run(data_dir, tmp_path, "--stages", "1", "--max_steps", "1")
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["final_stage"] == 1 and results["config"]["stages"] == "1"
