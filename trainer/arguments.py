@@ -104,6 +104,8 @@ class SpeederSFTConfig(SFTConfig):
     warmup_steps: float = 0.1
     save_strategy: str = "epoch"
     save_total_limit: int | None = 2
+    # An absent modality's expert gets no gradient in a step (hard routing), which DDP must be told to expect.
+    ddp_find_unused_parameters: bool | None = True
 
     def __post_init__(self):
         if not torch.cuda.is_available():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, Features, List, Value, concatenate_datasets
+from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import set_seed
@@ -190,25 +191,30 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
           f"{sum(model.get_parameter(n).numel() for n in trainable):,} trainable parameters")
     trainer.train(resume_from_checkpoint=checkpoint if args.resume else None)
     check_frozen_unchanged(before, frozen_fingerprints(model))
-    model.save_pretrained(stage_dir / "adapter")
-    tokenizer.save_pretrained(stage_dir / "adapter")
-    valid = evaluate_recommendation(model, collator, data["valid"], args.eval_batch_size, args.max_eval_samples,
-                                    generate=args.eval_generate, desc=f"stage {stage.number} valid")
-    if "ppt_valid" in data:
-        valid.update(evaluate_ppt(model, collator, data["ppt_valid"], args.eval_batch_size, args.max_eval_samples))
-    write_log(trainer.state.log_history, stage_dir)
-    plot_training_curve(trainer.state.log_history, stage_dir / "training_curve.png", f"Stage {stage.number}")
-    metrics = {"stage": stage.number, "modalities": list(modalities), "train_rows": len(rows),
-               "train_runtime_s": trainer.state.log_history[-1].get("train_runtime"), "valid": valid}
-    write_json_atomic(stage_dir / STAGE_DONE, metrics)  # written last: marks the stage finished
-    return metrics
+    state = PartialState()
+    if state.is_main_process:  # with several processes, one writes the stage's artifacts
+        model.save_pretrained(stage_dir / "adapter")
+        tokenizer.save_pretrained(stage_dir / "adapter")
+        valid = evaluate_recommendation(model, collator, data["valid"], args.eval_batch_size, args.max_eval_samples,
+                                        generate=args.eval_generate, desc=f"stage {stage.number} valid")
+        if "ppt_valid" in data:
+            valid.update(evaluate_ppt(model, collator, data["ppt_valid"], args.eval_batch_size, args.max_eval_samples))
+        write_log(trainer.state.log_history, stage_dir)
+        plot_training_curve(trainer.state.log_history, stage_dir / "training_curve.png", f"Stage {stage.number}")
+        metrics = {"stage": stage.number, "modalities": list(modalities), "train_rows": len(rows),
+                   "train_runtime_s": trainer.state.log_history[-1].get("train_runtime"), "valid": valid}
+        write_json_atomic(stage_dir / STAGE_DONE, metrics)  # written last: marks the stage finished
+    state.wait_for_everyone()
+    return json.loads((stage_dir / STAGE_DONE).read_text())
 
 
 def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dict:
     """Runs the requested MPO stages, then evaluates the last one on the test split; returns the results."""
     args.resolved()
     run_dir = Path(training_args.output_dir)
-    check_run_config(run_dir, args.to_dict() | {"seed": training_args.seed,
+    state = PartialState()
+    with state.main_process_first():
+        check_run_config(run_dir, args.to_dict() | {"seed": training_args.seed,
                                                 "learning_rate": training_args.learning_rate,
                                                 "num_train_epochs": training_args.num_train_epochs})
     data, _, _ = load_built_dataset(args.data_dir)
@@ -226,18 +232,23 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
             continue
         previous = _previous_adapter(run_dir, number, args)
         stage_metrics[number] = run_stage(stage, args, training_args, data, features, run_dir, previous)
+    if not stage_metrics:
+        raise ValueError(f"No stage of {args.stage_numbers} had data for its modalities: check the features and "
+                         "--drop_modalities.")
     last = max(stage_metrics)
-    model, tokenizer = build_model(args, features, training_args.seed, run_dir / f"stage{last}" / "adapter")
-    collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features,
-                               stage_modalities(STAGES[last], features), args.max_history)
-    test = evaluate_recommendation(model, collator, data["test"], args.eval_batch_size, args.max_eval_samples,
-                                   generate=args.eval_generate, desc="test")
-    results = {"stages": {str(k): v for k, v in stage_metrics.items()}, "test": test, "final_stage": last,
-               "config": args.to_dict()}
-    write_json_atomic(run_dir / "results.json", results)
-    (run_dir / "results.md").write_text(results_table(results))
-    print(results_table(results))
-    return results
+    if state.is_main_process:
+        model, tokenizer = build_model(args, features, training_args.seed, run_dir / f"stage{last}" / "adapter")
+        collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features,
+                                   stage_modalities(STAGES[last], features), args.max_history)
+        test = evaluate_recommendation(model, collator, data["test"], args.eval_batch_size, args.max_eval_samples,
+                                       generate=args.eval_generate, desc="test")
+        results = {"stages": {str(k): v for k, v in stage_metrics.items()}, "test": test, "final_stage": last,
+                   "config": args.to_dict()}
+        write_json_atomic(run_dir / "results.json", results)
+        (run_dir / "results.md").write_text(results_table(results))
+        print(results_table(results))
+    state.wait_for_everyone()
+    return json.loads((run_dir / "results.json").read_text())
 
 
 def _previous_adapter(run_dir: Path, number: int, args: SpeederArguments) -> Path | None:
