@@ -1,16 +1,28 @@
 """PyTorch Speeder model: one multimodal soft token per item, spliced into a causal LM (arXiv 2511.05885)."""
 
-from dataclasses import dataclass
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.utils import cached_file, logging
 
 from .configuration_speeder import MODALITIES, SpeederConfig
 from .prompt_speeder import SpeederPromptBuilder
+
+logger = logging.get_logger(__name__)
+
+ITEM_CACHE_FILE = "item_embeddings.safetensors"
+ITEM_TABLE_FILE = "item_table.jsonl"
 
 
 @dataclass
@@ -293,8 +305,87 @@ class SpeederModel(SpeederPreTrainedModel):
         )
 
 
+@dataclass
+class SpeederItemCache:
+    """The one-token embeddings of known items: `embeddings` `(num_items, hidden_size)`, row i is `item_ids[i]`.
+
+    Stored beside the weights as `item_embeddings.safetensors` (key `item_embeddings`, the encoding modalities in the
+    metadata) and `item_table.jsonl` (one `{"item_id", "title"}` per row), so that a model folder recommends by item
+    id without any feature encoder. Item ids are strings.
+    """
+
+    item_ids: list[str]
+    titles: list[str | None]
+    embeddings: torch.Tensor
+    modalities: list[str]
+    rows: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.item_ids = [str(item_id) for item_id in self.item_ids]
+        if len(self.titles) != len(self.item_ids) or self.embeddings.shape[0] != len(self.item_ids):
+            raise ValueError(
+                f"The item cache needs one title and one embedding row per item id: got {len(self.item_ids)} ids, "
+                f"{len(self.titles)} titles and {self.embeddings.shape[0]} rows."
+            )
+        self.rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        if len(self.rows) != len(self.item_ids):
+            repeated = [item_id for item_id, count in Counter(self.item_ids).items() if count > 1]
+            raise ValueError(f"The item cache holds repeated item ids {repeated[:10]}.")
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __contains__(self, item_id) -> bool:
+        return str(item_id) in self.rows
+
+    def rows_of(self, item_ids: list) -> list[int]:
+        """Cache rows of `item_ids`; raises ValueError naming every id the cache does not hold."""
+        unknown = [item_id for item_id in dict.fromkeys(item_ids) if str(item_id) not in self.rows]
+        if unknown:
+            more = f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else ""
+            raise ValueError(
+                f"Unknown item ids {unknown[:20]}{more}: the item cache holds {len(self)} items (see "
+                f"{ITEM_TABLE_FILE}); encode new items with model.add_items(...)."
+            )
+        return [self.rows[str(item_id)] for item_id in item_ids]
+
+    def add(self, item_ids: list[str], titles: list[str | None], embeddings: torch.Tensor):
+        """Appends items; raises ValueError naming ids the cache already holds."""
+        known = [item_id for item_id in item_ids if item_id in self.rows]
+        if known:
+            raise ValueError(f"Item ids {known[:20]} are already in the item cache: give new items new ids.")
+        merged = SpeederItemCache(self.item_ids + list(item_ids), self.titles + list(titles),
+                                  torch.cat([self.embeddings, embeddings.to(self.embeddings.dtype)]), self.modalities)
+        self.item_ids, self.titles, self.embeddings, self.rows = merged.item_ids, merged.titles, merged.embeddings, merged.rows
+
+    def save(self, folder: str | os.PathLike):
+        """Writes `item_embeddings.safetensors` and `item_table.jsonl` into `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        metadata = {"modalities": ",".join(self.modalities), "num_items": str(len(self))}
+        save_file({"item_embeddings": self.embeddings.detach().cpu().contiguous()}, str(folder / ITEM_CACHE_FILE),
+                  metadata=metadata)
+        with open(folder / ITEM_TABLE_FILE, "w", encoding="utf-8") as handle:
+            for item_id, title in zip(self.item_ids, self.titles):
+                handle.write(json.dumps({"item_id": item_id, "title": title}, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def from_files(cls, embeddings_file: str | os.PathLike, table_file: str | os.PathLike) -> "SpeederItemCache":
+        with safe_open(str(embeddings_file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        embeddings = load_file(str(embeddings_file))["item_embeddings"]
+        with open(table_file, encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+        modalities = [m for m in metadata.get("modalities", "").split(",") if m]
+        return cls([row["item_id"] for row in rows], [row.get("title") for row in rows], embeddings, modalities)
+
+
 class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
-    """Speeder with the LM head: trains on the answer token, generates answers, and ranks candidate pools."""
+    """Speeder with the LM head: trains on the answer token, generates answers, and ranks candidate pools.
+
+    From an exported folder, `recommend` ranks items by id with the folder's item cache and tokenizer (both loaded on
+    first use), and `add_items` encodes cold-start items into that cache.
+    """
 
     def __init__(self, config: SpeederConfig):
         super().__init__(config)
@@ -304,6 +395,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         input_embeddings = self.model.get_input_embeddings().weight
         embedding_name = next(n for n, p in self.model.language_model.named_parameters() if p is input_embeddings)
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}"}
+        self._item_cache: SpeederItemCache | None = None
+        self._tokenizer = None
+        self._prompt_builder_of: tuple | None = None  # (tokenizer, its prompt builder)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -412,5 +506,181 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             )
         return builder
 
+    def load_item_cache(
+        self, name_or_path: str | os.PathLike | None = None, revision: str | None = None
+    ) -> SpeederItemCache | None:
+        """Loads the item cache of a model folder or Hub repo (default: the one this model was loaded from) and
+        makes it this model's cache; None when that folder has no cache."""
+        source = str(name_or_path or self.name_or_path or "")
+        if not source:
+            return None
+        files = [cached_file(source, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+                 for name in (ITEM_CACHE_FILE, ITEM_TABLE_FILE)]
+        if any(file is None for file in files):
+            return None
+        self._item_cache = SpeederItemCache.from_files(*files)
+        return self._item_cache
 
-__all__ = ["SpeederForSequentialRec", "SpeederModel", "SpeederPreTrainedModel", "SpeederItemEncoder"]
+    @property
+    def item_cache(self) -> SpeederItemCache:
+        """The item cache, loaded from the model's folder on first use."""
+        if self._item_cache is None and self.load_item_cache() is None:
+            raise ValueError(
+                f"This model has no item cache ({ITEM_CACHE_FILE} + {ITEM_TABLE_FILE}) in {self.name_or_path!r}: "
+                "load an exported Speeder folder, call model.load_item_cache(folder), or encode items with "
+                "model.add_items(...)."
+            )
+        return self._item_cache
+
+    def _builder(self, tokenizer=None) -> SpeederPromptBuilder:
+        if tokenizer is None:
+            if self._tokenizer is None:
+                if not self.name_or_path:
+                    raise ValueError("This model was not loaded from a folder: pass tokenizer=... to recommend().")
+                self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
+            tokenizer = self._tokenizer
+        if self._prompt_builder_of is None or self._prompt_builder_of[0] is not tokenizer:
+            self._prompt_builder_of = (tokenizer, self.prompt_builder(tokenizer))
+        return self._prompt_builder_of[1]
+
+    @torch.no_grad()
+    def recommend(
+        self, history_item_ids: list, candidate_item_ids: list, top_k: int | None = None, tokenizer=None
+    ) -> list[tuple[str, float]]:
+        """Ranks candidate items for a user from ONE forward pass over the item cache.
+
+        Args:
+            history_item_ids: ids of the items the user interacted with, oldest first; beyond
+                `config.max_history_length` only the most recent are kept.
+            candidate_item_ids: distinct ids to rank, at most `len(config.candidate_labels)`.
+            top_k: keep the `top_k` best; None keeps all.
+            tokenizer: the model's tokenizer; default: loaded from the model's folder.
+        Returns:
+            `[(item_id, score), ...]`, best first (ties keep the candidates' order); a score is the logit of the
+            candidate's label at the answer position, comparable within one call.
+        """
+        for name, ids in (("history_item_ids", history_item_ids), ("candidate_item_ids", candidate_item_ids)):
+            if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+                raise ValueError(f"{name} must be a list of item ids, got {type(ids).__name__} {ids!r}.")
+        history, candidates = list(history_item_ids), list(candidate_item_ids)
+        labels = self.config.candidate_labels
+        if not history:
+            raise ValueError("history_item_ids is empty: Speeder needs at least one item the user interacted with.")
+        if not candidates:
+            raise ValueError(f"candidate_item_ids is empty: give 1 to {len(labels)} items to rank.")
+        if len(candidates) > len(labels):
+            raise ValueError(
+                f"{len(candidates)} candidates given, but the model ranks at most {len(labels)} at once (one per "
+                f"candidate label {labels}): pass at most {len(labels)}."
+            )
+        repeated = [item_id for item_id, count in Counter(str(c) for c in candidates).items() if count > 1]
+        if repeated:
+            raise ValueError(f"candidate_item_ids repeats {repeated}: each candidate must appear once.")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+        cache = self.item_cache
+        rows = cache.rows_of(history + candidates)  # one error naming every unknown id
+        max_history = self.config.max_history_length
+        if len(history) > max_history:
+            logger.warning_once(
+                f"recommend() keeps the {max_history} most recent history items (the model's position table has "
+                f"{max_history} rows); older items are dropped."
+            )
+            rows, history = rows[len(history) - max_history:], history[-max_history:]
+        prompt = self._builder(tokenizer).recommendation(len(history), len(candidates))
+        device = self.device
+        was_training = self.training
+        self.eval()
+        try:
+            scores = self.score_candidates(
+                torch.tensor([prompt.input_ids], device=device),
+                num_candidates=len(candidates),
+                item_embeddings=cache.embeddings[torch.tensor(rows)].to(device=device, dtype=self.dtype),
+                history_positions=torch.tensor(prompt.history_positions, device=device),
+            )[0].float().cpu().tolist()
+        finally:
+            self.train(was_training)
+        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+        return [(candidates[i], scores[i]) for i in order][:top_k]
+
+    @torch.no_grad()
+    def add_items(
+        self,
+        item_ids: list,
+        titles: list[str | None] | None = None,
+        text_features: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
+        id_features: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encodes new (cold-start) items into the item cache, without training, so `recommend` can rank them at
+        once; `save_pretrained` writes the grown cache. Features are `(num_items, <m>_feature_size)` from the same
+        feature encoders as the training data, for the cache's modalities (or a subset); `modality_mask`
+        `(num_items, 3)` marks absent ones per item. Returns the new embeddings `(num_items, hidden_size)`."""
+        if isinstance(item_ids, (str, bytes)):
+            raise ValueError(f"item_ids must be a list of item ids, got the string {item_ids!r}.")
+        ids = [str(item_id) for item_id in item_ids]
+        titles = [None] * len(ids) if titles is None else list(titles)
+        if not ids:
+            raise ValueError("item_ids is empty.")
+        repeated = [item_id for item_id, count in Counter(ids).items() if count > 1]
+        if repeated:
+            raise ValueError(f"item_ids repeats {repeated}: give each new item once.")
+        if len(titles) != len(ids):
+            raise ValueError(f"{len(titles)} titles for {len(ids)} item_ids: give one title (or None) per item.")
+        features = {"text": text_features, "vision": vision_features, "id": id_features}
+        given = [m for m in MODALITIES if features[m] is not None]
+        cache = self._item_cache if self._item_cache is not None else self.load_item_cache()
+        allowed = (cache.modalities if cache is not None and cache.modalities else None) or self.config.modalities
+        if not given or set(given) - set(allowed):
+            raise ValueError(
+                f"Give features of the modalities {allowed} (those the item cache was encoded from), got "
+                f"{given or 'none'}."
+            )
+        for modality in given:
+            expected = (len(ids), self.config.feature_size(modality))
+            if tuple(features[modality].shape) != expected:
+                raise ValueError(
+                    f"{modality}_features has shape {tuple(features[modality].shape)}, expected {expected} "
+                    f"({len(ids)} items x {modality}_feature_size)."
+                )
+        if cache is not None:
+            known = [item_id for item_id in ids if item_id in cache]
+            if known:
+                raise ValueError(f"Item ids {known[:20]} are already in the item cache: give new items new ids.")
+        inputs = {f"{m}_features": features[m].to(device=self.device, dtype=self.dtype) for m in given}
+        if modality_mask is not None:
+            inputs["modality_mask"] = modality_mask.to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            embeddings = self.encode_items(**inputs).float().cpu()
+        finally:
+            self.train(was_training)
+        if cache is None:
+            self._item_cache = SpeederItemCache(ids, titles, embeddings, given)
+        else:
+            cache.add(ids, titles, embeddings)
+        return embeddings
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the item cache when the model holds one."""
+        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = args[0] if args else kwargs.get("is_main_process", True)
+        if self._item_cache is not None and is_main_process:
+            self._item_cache.save(save_directory)
+        if push_to_hub:  # push_to_hub saves again, into a folder it uploads whole
+            hub_kwargs.setdefault("repo_id", Path(save_directory).name)
+            self.push_to_hub(token=kwargs.get("token"), **hub_kwargs)
+
+
+__all__ = [
+    "ITEM_CACHE_FILE",
+    "ITEM_TABLE_FILE",
+    "SpeederForSequentialRec",
+    "SpeederItemCache",
+    "SpeederModel",
+    "SpeederPreTrainedModel",
+    "SpeederItemEncoder",
+]

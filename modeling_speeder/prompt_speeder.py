@@ -15,12 +15,12 @@ DEFAULT_CANDIDATE_LABELS = ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J")
 PPT_ANSWERS = ("yes", "no")
 
 HISTORY_TEMPLATE = "The user interacted with these items in order:{items}."
-HISTORY_ITEM_TEMPLATE = " {index} " + ITEM_TOKEN
+HISTORY_ITEM_TEMPLATE = "{index}" + ITEM_TOKEN  # no spaces: 2 tokens per item for n < 10
 CANDIDATES_TEMPLATE = "\nCandidates:{items}."
-CANDIDATE_ITEM_TEMPLATE = " {label} " + ITEM_TOKEN
+CANDIDATE_ITEM_TEMPLATE = " {label}" + ITEM_TOKEN
 RECOMMENDATION_QUESTION = "\nWhich candidate will the user interact with next? Answer:"
 PPT_ITEMS_TEMPLATE = "\nThree of these items, in this order:{items}."
-PPT_ITEM_TEMPLATE = " " + ITEM_TOKEN
+PPT_ITEM_TEMPLATE = ITEM_TOKEN
 PPT_QUESTION = (
     "\nIs the first one at most as far from the second as the second is from the third in the sequence? Answer:"
 )
