@@ -1,0 +1,36 @@
+"""Ablation runs and the results report, on the tiny backbone."""
+
+import json
+
+import pytest
+from speeder_fixtures import write_planted_dataset
+
+from trainer.ablations import AblationArguments
+from trainer.ablations import main as run_ablations
+from trainer.report import main as write_report
+from trainer.run import main as run
+
+TINY = ["--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--eval_generate", "false",
+        "--max_eval_samples", "8", "--max_steps", "1", "--save_strategy", "no"]
+
+
+def test_ablations_and_report_show_every_row(tmp_path):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=30)
+    (data_dir / "baselines").mkdir()
+    sasrec = {"hr@1": 0.5, "valid_ratio": 1.0, "vhr@1": 0.5, "ndcg@5": 0.7}
+    (data_dir / "baselines" / "sasrec.json").write_text(json.dumps({"test_metrics": sasrec}))
+    common = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), *TINY]
+    run(common)
+    ablations = run_ablations([*common, "--ablations", "wo_ppt,gate_none"])
+    assert set(ablations) == {"wo_ppt", "gate_none"}
+    assert (tmp_path / "run" / "ablations" / "wo_ppt" / "results.json").is_file()
+    report = write_report(["--run", str(tmp_path / "run")]).read_text()
+    assert "| SASRec | 0.5000 | 1.0000 | 0.5000 | 0.7000 |" in report
+    assert "| Speeder |" in report and "| wo_ppt |" in report and "| gate_none |" in report
+    assert (tmp_path / "run" / "report" / "results.png").stat().st_size > 0
+
+
+def test_unknown_ablation_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="wo_ppt"):
+        AblationArguments(ablations="wo_nothing").names()

@@ -1,0 +1,118 @@
+"""The results report of a run: Table 2 (Speeder vs baselines), Table 3 (ablations), curves, efficiency.
+
+    python -m trainer.report --run outputs/runs/demo [--benchmark outputs/bench/efficiency.json] [--out DIR]
+
+Every figure is read from the files the runs wrote: `results.json` of the run and of each ablation run
+(`RUN/ablations/<name>/`), `DATA_DIR/baselines/<name>.json`, `DATA_DIR/stats.json` and the benchmark JSON.
+"""
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .reporting import format_row  # noqa: E402
+
+BASELINE_NAMES = {"gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec", "llara": "LLaRA-style",
+                  "zero_shot": "Backbone, zero-shot"}
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(run_dir: Path) -> dict:
+    """All results a report shows, keyed by table."""
+    results = _read(run_dir / "results.json")
+    if results is None:
+        raise FileNotFoundError(f"{run_dir}/results.json not found: train first with trainer/run.py.")
+    data_dir = Path(results["config"]["data_dir"])
+    models = {}
+    for key, name in BASELINE_NAMES.items():
+        baseline = _read(data_dir / "baselines" / f"{key}.json")
+        if baseline is not None:
+            models[name] = baseline["test_metrics"]
+    models["Speeder"] = results["test"]
+    ablations = {"Speeder (full)": results["test"]}
+    for folder in sorted((run_dir / "ablations").glob("*")):
+        ablation = _read(folder / "results.json")
+        if ablation is not None:
+            ablations[folder.name] = ablation["test"]
+    return {"results": results, "models": models, "ablations": ablations, "stats": _read(data_dir / "stats.json"),
+            "data_dir": str(data_dir)}
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| model | HR@1 | ValidRatio | VHR@1 | NDCG@5 |", "| --- | --- | --- | --- | --- |"]
+    return "\n".join(lines + [format_row(name, metrics) for name, metrics in rows.items()]) + "\n"
+
+
+def plot_models(models: dict[str, dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.2 * len(models) + 2, 3.2))
+    names = list(models)
+    ax.bar(names, [models[n].get("vhr@1", 0.0) for n in names], color=["#999"] * (len(names) - 1) + ["#d62728"])
+    ax.axhline(0.2, ls="--", c="k", lw=0.8, label="random (1/5)")
+    ax.set(ylabel="test VHR@1", ylim=(0, 1), title="Same stored candidate pools (m = 5)")
+    ax.legend()
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, out_dir: Path, benchmark: Path | None = None) -> Path:
+    """Writes `report.md` and its PNGs into `out_dir`; returns the Markdown path."""
+    found = collect(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_models(found["models"], out_dir / "results.png")
+    lines = [f"# Speeder results: `{run_dir}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, {platform.system()}; "
+             f"data: `{found['data_dir']}`.", ""]
+    stats = found["stats"] or {}
+    if stats:
+        lines += ["## Data", "", "| interactions | items | sequences | avg. sequence length |", "| --- | --- | --- | --- |",
+                  f"| {stats.get('interactions')} | {stats.get('items')} | {stats.get('sequences')} | "
+                  f"{stats.get('avg_sequence_length')} |", ""]
+    lines += ["## Speeder and baselines (test split, stored pools; paper Table 2)", "", table(found["models"]),
+              "![VHR@1 per model](results.png)", ""]
+    lines += ["## Stages (valid split)", "", table({f"stage {k}": v["valid"] for k, v in
+                                                    sorted(found["results"]["stages"].items())})]
+    for number in sorted(found["results"]["stages"]):
+        curve = run_dir / f"stage{number}" / "training_curve.png"
+        if curve.is_file():
+            shutil.copy(curve, out_dir / f"stage{number}_training_curve.png")
+            lines.append(f"![stage {number} training curve](stage{number}_training_curve.png)")
+    lines.append("")
+    if len(found["ablations"]) > 1:
+        lines += ["## Ablations (test split; paper Table 3)", "", table(found["ablations"])]
+    if benchmark is not None and benchmark.is_file():
+        bench = json.loads(benchmark.read_text())
+        lines += ["## Efficiency", "", bench.get("table", ""), ""]
+        png = benchmark.with_suffix(".png")
+        if png.is_file():
+            shutil.copy(png, out_dir / "efficiency.png")
+            lines.append("![efficiency](efficiency.png)")
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="A run folder of trainer/run.py.")
+    parser.add_argument("--benchmark", type=Path, help="JSON written by bench/efficiency.py.")
+    parser.add_argument("--out", type=Path, help="Report folder (default: RUN/report).")
+    args = parser.parse_args(argv)
+    path = write_report(args.run, args.out or args.run / "report", args.benchmark)
+    print(f"Report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
