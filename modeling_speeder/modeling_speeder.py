@@ -354,9 +354,9 @@ class SpeederItemCache:
         known = [item_id for item_id in item_ids if item_id in self.rows]
         if known:
             raise ValueError(f"Item ids {known[:20]} are already in the item cache: give new items new ids.")
-        merged = SpeederItemCache(self.item_ids + list(item_ids), self.titles + list(titles),
-                                  torch.cat([self.embeddings, embeddings.to(self.embeddings.dtype)]), self.modalities)
-        self.item_ids, self.titles, self.embeddings, self.rows = merged.item_ids, merged.titles, merged.embeddings, merged.rows
+        grown = SpeederItemCache(self.item_ids + list(item_ids), self.titles + list(titles),
+                                 torch.cat([self.embeddings, embeddings.to(self.embeddings.dtype)]), self.modalities)
+        self.item_ids, self.titles, self.embeddings, self.rows = grown.item_ids, grown.titles, grown.embeddings, grown.rows
 
     def save(self, folder: str | os.PathLike):
         """Writes `item_embeddings.safetensors` and `item_table.jsonl` into `folder`."""
@@ -371,6 +371,7 @@ class SpeederItemCache:
 
     @classmethod
     def from_files(cls, embeddings_file: str | os.PathLike, table_file: str | os.PathLike) -> "SpeederItemCache":
+        """Reads the two files that `save` writes."""
         with safe_open(str(embeddings_file), framework="pt") as handle:
             metadata = handle.metadata() or {}
         embeddings = load_file(str(embeddings_file))["item_embeddings"]
@@ -658,18 +659,21 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         finally:
             self.train(was_training)
         if cache is None:
-            self._item_cache = SpeederItemCache(ids, titles, embeddings, given)
+            self._item_cache = SpeederItemCache(ids, titles, embeddings, list(self.config.modalities))
         else:
             cache.add(ids, titles, embeddings)
         return embeddings
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the item cache when the model holds one."""
+        """`PreTrainedModel.save_pretrained`, plus the item cache and the tokenizer that `recommend` loaded, when the
+        model holds them, so that the folder recommends on its own."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
         if self._item_cache is not None and is_main_process:
             self._item_cache.save(save_directory)
+        if self._tokenizer is not None and is_main_process:
+            self._tokenizer.save_pretrained(save_directory)
         if push_to_hub:  # push_to_hub saves again, into a folder it uploads whole
             hub_kwargs.setdefault("repo_id", Path(save_directory).name)
             self.push_to_hub(token=kwargs.get("token"), **hub_kwargs)

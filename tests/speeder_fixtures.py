@@ -2,6 +2,9 @@
 
 import json
 import random
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -10,6 +13,7 @@ from safetensors.torch import save_file
 
 from modeling_speeder.backbones import build_speeder_model
 
+REPO_PACKAGES = ("modeling_speeder", "trainer", "datasets_builder", "hub_upload", "metrics", "baselines", "bench")
 TINY_MODEL_KWARGS = dict(
     text_feature_size=12,
     vision_feature_size=10,
@@ -85,3 +89,20 @@ def write_planted_dataset(
                   str(data_dir / "features" / f"{modality}.safetensors"))
     (data_dir / "stats.json").write_text(json.dumps({"items": num_items, "sequences": num_sequences}))
     return data_dir
+
+
+def run_isolated(code: str) -> str:
+    """Runs `code` in a fresh interpreter that cannot import this repository's packages."""
+    guard = f"""
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {REPO_PACKAGES!r}:
+            raise ImportError("the repository is not importable here: " + name)
+sys.meta_path.insert(0, _Block())
+sys.path = [p for p in sys.path if p not in ("", ".")]
+"""
+    result = subprocess.run([sys.executable, "-c", guard + textwrap.dedent(code)], capture_output=True, text=True,
+                            cwd="/", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

@@ -1,22 +1,17 @@
 """SpeederForSequentialRec: the splice, the item encoder, the gates, PPL, SFTTrainer training and remote-code loading."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from speeder_fixtures import TINY_MODEL_KWARGS, item_inputs, tiny_model
+from speeder_fixtures import TINY_MODEL_KWARGS, item_inputs, run_isolated, tiny_model
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from modeling_speeder import SpeederConfig
 from trainer.arguments import SpeederSFTConfig
 from trainer.collator import ItemFeatureTable, SpeederCollator
-
-REPO_PACKAGES = ("modeling_speeder", "trainer", "datasets_builder", "hub_upload", "metrics", "baselines")
 
 
 @pytest.fixture(scope="module")
@@ -220,23 +215,6 @@ def test_sft_trainer_steps_train_every_speeder_part(tmp_path):
                  "experts.vision", "experts.id", "experts.multimodal", "attention", "output_adapter",
                  "history_position_embeddings", "lora_A", "lora_B"):
         assert any(part in n for n in changed), f"{part} did not change in two SFTTrainer steps"
-
-
-def run_isolated(code: str) -> str:
-    """Runs `code` in a fresh interpreter that cannot import this repository's packages."""
-    guard = f"""
-import importlib.abc, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {REPO_PACKAGES!r}:
-            raise ImportError("the repository is not importable here: " + name)
-sys.meta_path.insert(0, _Block())
-sys.path = [p for p in sys.path if p not in ("", ".")]
-"""
-    result = subprocess.run([sys.executable, "-c", guard + textwrap.dedent(code)], capture_output=True, text=True,
-                            cwd="/", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 def test_remote_code_round_trip_gives_identical_logits(model_and_tokenizer, tmp_path):
