@@ -3,7 +3,15 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_speeder import GATE_TYPES, MODALITIES, SpeederConfig
-from .modeling_speeder import SpeederForSequentialRec, SpeederItemEncoder, SpeederModel, SpeederPreTrainedModel
+from .modeling_speeder import (
+    ITEM_CACHE_FILE,
+    ITEM_TABLE_FILE,
+    SpeederForSequentialRec,
+    SpeederItemCache,
+    SpeederItemEncoder,
+    SpeederModel,
+    SpeederPreTrainedModel,
+)
 from .prompt_speeder import ITEM_TOKEN, SpeederPrompt, SpeederPromptBuilder
 
 # save_pretrained copies configuration_speeder.py, modeling_speeder.py and prompt_speeder.py next to the weights.
@@ -15,10 +23,13 @@ AutoModelForCausalLM.register(SpeederConfig, SpeederForSequentialRec, exist_ok=T
 
 __all__ = [
     "GATE_TYPES",
+    "ITEM_CACHE_FILE",
+    "ITEM_TABLE_FILE",
     "ITEM_TOKEN",
     "MODALITIES",
     "SpeederConfig",
     "SpeederForSequentialRec",
+    "SpeederItemCache",
     "SpeederItemEncoder",
     "SpeederModel",
     "SpeederPreTrainedModel",
