@@ -1,0 +1,167 @@
+"""LLM baselines on the same stored pools: a trained LLaRA-style model and the untuned backbone, zero-shot.
+
+* `llara`: every item as its title plus one SASRec-ID token (the ID feature through the same projector Speeder
+  uses, no PPL, no PPT), the same backbone and the same LoRA budget as Speeder, trained with the same SFTTrainer
+  setup on the same samples; it answers by generating the chosen title.
+* `zero_shot`: the untuned backbone, items as titles only, answering by generating a title. Its ValidRatio shows
+  the problem the paper's Table 2 shows for untuned LLMs.
+
+Both are scored from generated answers exactly as the paper does (ValidRatio, HR@1, VHR@1), through the shared
+metric module, and write `DATA_DIR/baselines/<name>.json` like the ID baselines.
+"""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from metrics import compute_choice_metrics
+
+from .llara import LlaraPromptBuilder
+
+IGNORE_INDEX = -100
+
+
+class TitlePromptBuilder(LlaraPromptBuilder):
+    """LLaRA's prompt with titles only (no embedding tokens): what an untuned LLM can read."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer)
+        self.item_modalities = ()
+
+
+class LlaraCollator:
+    """Batches LLaRA-style prompts: title tokens, one `<item>` per item filled with its ID feature, title answers."""
+
+    def __init__(self, builder: LlaraPromptBuilder, titles: list[str], features=None, max_history: int = 10,
+                 with_answer: bool = True, padding_side: str = "right"):
+        self.builder, self.titles, self.features = builder, titles, features
+        self.max_history, self.with_answer, self.padding_side = max_history, with_answer, padding_side
+        self.pad_token_id = builder.tokenizer.pad_token_id
+
+    def prompt(self, row: dict):
+        history = list(row["history"])[-self.max_history:]
+        items = history + list(row["candidates"])
+        prompt = self.builder.recommendation([self.titles[i] for i in history],
+                                             [self.titles[i] for i in row["candidates"]],
+                                             answer=int(row["label"]) if self.with_answer else None)
+        return prompt, [items[slot] for slot in prompt.item_slots]
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        prompts, items = zip(*(self.prompt(row) for row in rows))
+        width = max(len(p.input_ids) for p in prompts)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for i, prompt in enumerate(prompts):
+            n = len(prompt.input_ids)
+            span = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            input_ids[i, span], attention_mask[i, span] = torch.tensor(prompt.input_ids), 1
+            labels[i, span] = torch.tensor(prompt.labels)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.with_answer:
+            batch["labels"] = labels
+        if self.features is not None:
+            batch.update(self.features.gather(torch.tensor([i for sample in items for i in sample]), ("id",)))
+        return batch
+
+
+@torch.no_grad()
+def generated_choices(model, collator: LlaraCollator, rows, batch_size: int, desc: str) -> list[int]:
+    """Greedy-generates each answer title and parses it to a candidate index (-1 when it names none)."""
+    model.eval()
+    device = next(model.parameters()).device
+    scoring = copy.copy(collator)
+    scoring.with_answer, scoring.padding_side = False, "left"
+    choices = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc):
+        chunk = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+        batch = {k: v.to(device) for k, v in scoring(chunk).items()}
+        longest = max(collator.builder.answer_length(collator.titles[c]) for row in chunk for c in row["candidates"])
+        output = model.generate(**batch, max_new_tokens=longest, do_sample=False,
+                                pad_token_id=collator.pad_token_id, eos_token_id=collator.builder.eos_token_id)
+        for row, generated in zip(chunk, output[:, batch["input_ids"].shape[1]:].tolist()):
+            choices.append(collator.builder.parse_answer(generated, [collator.titles[c] for c in row["candidates"]]))
+    return choices
+
+
+def _write(data_dir: Path, name: str, report: dict) -> Path:
+    path = data_dir / "baselines" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def _split(data, name: str, max_samples: int | None):
+    split = data[name]
+    return split.select(range(min(len(split), max_samples))) if max_samples else split
+
+
+def zero_shot(data_dir, backbone: str = "smollm2-135m-instruct", max_history: int = 10, batch_size: int = 8,
+              max_eval_samples: int | None = None) -> dict:
+    """The untuned backbone answering with a generated title; writes `baselines/zero_shot.json`."""
+    from datasets_builder.build import load_built_dataset
+    from modeling_speeder.backbones import resolve_backbone
+
+    data_dir, started = Path(data_dir), time.time()
+    data, items, _ = load_built_dataset(data_dir)
+    path = resolve_backbone(backbone)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<item>"]})  # never used: titles only
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    collator = LlaraCollator(TitlePromptBuilder(tokenizer), items["title"], None, max_history, with_answer=False)
+    test = _split(data, "test", max_eval_samples)
+    choices = generated_choices(model, collator, test, batch_size, "zero-shot test")
+    metrics = compute_choice_metrics(choices, [int(row["label"]) for row in test])
+    report = {"model": "zero_shot", "backbone": backbone, "test_metrics": metrics,
+              "wall_time_s": round(time.time() - started, 1)}
+    _write(data_dir, "zero_shot", report)
+    return report
+
+
+def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: int = 10, seed: int = 42,
+                max_train_samples: int | None = None, max_eval_samples: int | None = None, learning_rate: float = 1e-3,
+                batch_size: int = 8, lora_r: int = 8, lora_alpha: int = 16, lora_target_modules: str = "q_proj,v_proj",
+                output_dir: str | None = None) -> dict:
+    """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `baselines/llara.json`."""
+    from datasets_builder.build import load_built_dataset
+    from trainer.arguments import SpeederArguments, SpeederSFTConfig
+    from trainer.pipeline import SpeederSFTTrainer, build_model, load_features
+    from trainer.stages import STAGES, apply_stage
+
+    data_dir, started = Path(data_dir), time.time()
+    args = SpeederArguments(data_dir=str(data_dir), backbone=backbone, max_history=max_history,
+                            drop_modalities="text,vision", use_history_positions=False, gate_type="none",
+                            ppt_per_sequence=0.0, lora_r=lora_r, lora_alpha=lora_alpha,
+                            lora_target_modules=lora_target_modules).resolved()
+    data, items, _ = load_built_dataset(data_dir)
+    features = load_features(str(data_dir), args)
+    if "id" not in features.features:
+        raise FileNotFoundError(f"{data_dir}/features/id.safetensors is missing: the LLaRA-style baseline needs SASRec "
+                                "ID features (`python -m datasets_builder features DATA_DIR --id-encoder sasrec`).")
+    model, tokenizer = build_model(args, features, seed, None)
+    apply_stage(model, STAGES[3])  # LoRA and the whole ID projector train
+    collator = LlaraCollator(LlaraPromptBuilder(tokenizer), items["title"], features, max_history)
+    train = _split(data, "train", max_train_samples)
+    output_dir = output_dir or str(data_dir / "baselines" / "llara_run")
+    training_args = SpeederSFTConfig(output_dir=output_dir, per_device_train_batch_size=batch_size,
+                                     num_train_epochs=1, learning_rate=learning_rate, seed=seed, save_strategy="no",
+                                     report_to="none", logging_steps=4)
+    trainer = SpeederSFTTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
+                                processing_class=tokenizer, speeder_args=args)
+    trainer.train()
+    test = _split(data, "test", max_eval_samples)
+    choices = generated_choices(model, collator, test, batch_size, "LLaRA-style test")
+    metrics = compute_choice_metrics(choices, [int(row["label"]) for row in test])
+    report = {"model": "llara", "backbone": backbone, "train_samples": len(train), "test_metrics": metrics,
+              "lora": {"r": lora_r, "alpha": lora_alpha, "target_modules": lora_target_modules},
+              "wall_time_s": round(time.time() - started, 1)}
+    _write(data_dir, "llara", report)
+    return report
