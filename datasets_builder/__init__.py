@@ -1,0 +1,32 @@
+"""Raw interaction logs to Speeder's sequences, candidate pools, PPT samples and cached item features."""
+
+from .build import MODALITIES, BuildConfig, build_dataset, load_built_dataset, movielens_config
+from .readers import FORMATS, read_interactions, read_item_metadata
+from .synthetic import SyntheticConfig, generate_synthetic_dataset
+
+_FEATURE_NAMES = ("compute_item_features", "load_item_features")
+
+
+def __getattr__(name: str):
+    # the feature step imports torch; building does not need it, so load it on first use
+    if name in _FEATURE_NAMES:
+        from . import features
+
+        return getattr(features, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "FORMATS",
+    "MODALITIES",
+    "BuildConfig",
+    "SyntheticConfig",
+    "build_dataset",
+    "compute_item_features",
+    "generate_synthetic_dataset",
+    "load_built_dataset",
+    "load_item_features",
+    "movielens_config",
+    "read_interactions",
+    "read_item_metadata",
+]

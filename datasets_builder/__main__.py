@@ -1,0 +1,231 @@
+"""Command line: `python -m datasets_builder {build,features,movielens,synthetic} ...` (`--help` on each).
+
+    build      raw files -> DATA_DIR (items/, sequences/, stats.json)
+    features   DATA_DIR -> DATA_DIR/features/{text,vision,id}.safetensors
+    movielens  build + features on the offline MovieLens-100K (from the recbole wheel) in one command
+    synthetic  write the generated image-dependent data set (Amazon 2018 format + PNG images) to RAW_DIR
+
+Every step is resumable (a rerun with the same settings and inputs is skipped) and atomic.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from .build import DEFAULT_ENCODERS, BuildConfig, build_dataset, movielens_config
+from .readers import FORMATS
+from .synthetic import SyntheticConfig, generate_synthetic_dataset
+
+
+
+def _int_at_least(minimum: int, hint: str = ""):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}{hint}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}{hint}")
+        return value
+
+    return parse
+
+
+def _session_gap(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds >= 0 (86400 = the paper's one-day window) or 'none' (one sequence per user), "
+            f"got {text!r}"
+        )
+    return value
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. epochs=20), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_sequencing_args(parser: argparse.ArgumentParser):
+    group = parser.add_argument_group("sequencing (PAPER.md 'Data', rules 2-7)")
+    group.add_argument("--min-item-interactions", metavar="N", type=_int_at_least(1, "; 1 keeps every item"),
+                       default=8, help="item filter, applied once (default 8)")
+    group.add_argument("--session-gap", metavar="SECONDS|none", type=_session_gap, default=86400.0,
+                       help="seconds; a longer gap starts a new sequence; 'none' = one sequence per user "
+                            "(default 86400)")
+    group.add_argument("--min-sequence-length", metavar="N", type=_int_at_least(2, "; a target needs a history"),
+                       default=9, help="sequence filter, applied once (default 9)")
+    group.add_argument("--max-history", metavar="N", type=_int_at_least(1), default=50,
+                       help="stored history keeps the most recent items (default 50)")
+    group.add_argument("--num-candidates", metavar="M", default=5, help="candidate pool size m (default 5)",
+                       type=_int_at_least(2, "; the target plus at least one negative"))
+    group.add_argument("--augment-prefixes", action="store_true",
+                       help="also add every prefix of a train sequence with >= --min-sequence-length items")
+    group.add_argument("--seed", type=int, default=42, help="split, candidate, PPT (and SASRec) seed (default 42)")
+    group.add_argument("--force", action="store_true", help="recompute even when the outputs are up to date")
+
+
+def _add_feature_args(parser: argparse.ArgumentParser, vision_default: str):
+    group = parser.add_argument_group("item features")
+    group.add_argument("--text-encoder", default=DEFAULT_ENCODERS["text"],
+                       help="all-MiniLM-L6-v2 | <sentence-transformers folder> | backbone:<causal-LM folder, .gguf "
+                            f"or smollm2> | none (default {DEFAULT_ENCODERS['text']})")
+    group.add_argument("--vision-encoder", default=vision_default,
+                       help="efficientnet-lite0 | timm:<name>[:<weights file>] | blip2:<folder> | none "
+                            f"(default {vision_default})")
+    group.add_argument("--id-encoder", default=DEFAULT_ENCODERS["id"], choices=["sasrec", "none"],
+                       help="sequential ID features from SASRec trained on the train split (default sasrec)")
+    group.add_argument("--id-encoder-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="override passed to baselines.train_baseline('sasrec', ...); repeatable")
+    group.add_argument("--device", default="cpu", help="torch device for the encoders (default cpu)")
+    group.add_argument("--batch-size", type=_int_at_least(1), default=64, help="encoder batch size (default 64)")
+    group.add_argument("--text-max-length", type=_int_at_least(1), default=128,
+                       help="token limit of the backbone text encoder (default 128)")
+    group.add_argument("--image-size", type=_int_at_least(16), default=224,
+                       help="EfficientNet input resolution (default 224)")
+
+
+def _compute_features(data_dir: str, args):
+    from .features import compute_item_features
+
+    for modality, status in compute_item_features(data_dir, **_feature_kwargs(args)).items():
+        print(f"{modality}: {status}")
+
+
+def _feature_kwargs(args) -> dict:
+    return {
+        "text_encoder": args.text_encoder,
+        "vision_encoder": args.vision_encoder,
+        "id_encoder": args.id_encoder,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "text_max_length": args.text_max_length,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "id_encoder_kwargs": dict(args.id_encoder_arg),
+        "force": args.force,
+    }
+
+
+def _sequencing_kwargs(args) -> dict:
+    names = ("min_item_interactions", "session_gap", "min_sequence_length", "max_history", "num_candidates",
+             "augment_prefixes", "seed")
+    return {name: getattr(args, name) for name in names}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m datasets_builder", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="raw files -> DATA_DIR (items, sequences, stats.json)")
+    build.add_argument("--format", required=True, choices=FORMATS)
+    build.add_argument("--interactions", "--reviews", "--inter", required=True, metavar="FILE",
+                       help="reviews JSON lines (plain or .gz) or a RecBole .inter file")
+    build.add_argument("--metadata", "--meta", "--item", metavar="FILE",
+                       help="item metadata JSON lines (plain or .gz) or a RecBole .item file")
+    build.add_argument("--out", required=True, metavar="DATA_DIR")
+    build.add_argument("--image-dir", metavar="DIR", help="folder of downloaded item images")
+    build.add_argument("--image-pattern", metavar="PATTERN", default="{item_id}.jpg",
+                       help="image file name inside --image-dir; fields {item_id}, {url_basename} "
+                            "(default {item_id}.jpg)")
+    build.add_argument("--text-fields", metavar="A,B", default="",
+                       help="comma-separated metadata fields appended to the title in the item text")
+    build.add_argument("--text-template", metavar="TEMPLATE",
+                       help="item text format, e.g. '{title} ({release_year}), {class}'")
+    build.add_argument("--title-field", metavar="NAME",
+                       help="title column of a RecBole .item file (default: title, movie_title, ...)")
+    build.add_argument("--user-field", default="user_id", help="RecBole user column (default user_id)")
+    build.add_argument("--item-field", default="item_id", help="RecBole item column (default item_id)")
+    build.add_argument("--time-field", default="timestamp", help="RecBole timestamp column (default timestamp)")
+    build.add_argument("--timestamp-unit", choices=["s", "ms"], help="default: ms for amazon2023, s otherwise")
+    build.add_argument("--require-title", action="store_true", help="drop items without a title (the paper's rule)")
+    build.add_argument("--require-image", action="store_true", help="drop items without an image file")
+    build.add_argument("--skip-bad-lines", action="store_true",
+                       help="skip and count malformed lines instead of failing")
+    _add_sequencing_args(build)
+
+    features = commands.add_parser("features", help="DATA_DIR -> DATA_DIR/features/*.safetensors")
+    features.add_argument("data_dir", metavar="DATA_DIR")
+    features.add_argument("--seed", type=int, default=42, help="SASRec seed (default 42)")
+    features.add_argument("--force", action="store_true", help="recompute even when the manifest matches")
+    _add_feature_args(features, vision_default=DEFAULT_ENCODERS["vision"])
+
+    movielens = commands.add_parser("movielens", help="build + features on the offline MovieLens-100K")
+    movielens.add_argument("--out", required=True, metavar="DATA_DIR")
+    _add_sequencing_args(movielens)
+    _add_feature_args(movielens, vision_default="none")
+
+    synthetic = commands.add_parser("synthetic", help="write the generated image-dependent raw data set")
+    synthetic.add_argument("--out", required=True, metavar="RAW_DIR")
+    for field in dataclasses.fields(SyntheticConfig):
+        synthetic.add_argument(f"--{field.name.replace('_', '-')}", type=field.type,
+                               default=field.default, help=f"(default {field.default})")
+    return parser
+
+
+def _print_build(stats: dict, out: str):
+    table = {key: stats[key] for key in ("interactions", "items", "sequences", "avg_sequence_length")}
+    ppt = {name: counts["samples"] for name, counts in stats["ppt_counts"].items()}
+    print(f"{out}: {json.dumps(table)}; splits {json.dumps(stats['split_sizes'])}; PPT {json.dumps(ppt)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "build":
+            try:
+                config = BuildConfig(
+                    format=args.format, interactions=args.interactions, metadata=args.metadata,
+                    image_dir=args.image_dir, image_pattern=args.image_pattern,
+                    text_fields=tuple(f.strip() for f in args.text_fields.split(",") if f.strip()),
+                    text_template=args.text_template, title_field=args.title_field, user_field=args.user_field,
+                    item_field=args.item_field, time_field=args.time_field, timestamp_unit=args.timestamp_unit,
+                    require_title=args.require_title, require_image=args.require_image,
+                    skip_bad_lines=args.skip_bad_lines, **_sequencing_kwargs(args),
+                )
+            except ValueError as error:
+                parser.error(str(error))
+            _print_build(build_dataset(config, args.out, force=args.force), args.out)
+            print(f"next: python -m datasets_builder features {args.out}")
+        elif args.command == "features":
+            _compute_features(args.data_dir, args)
+        elif args.command == "movielens":
+            stats = build_dataset(movielens_config(**_sequencing_kwargs(args)), args.out, force=args.force)
+            _print_build(stats, args.out)
+            _compute_features(args.out, args)
+        elif args.command == "synthetic":
+            values = {field.name: getattr(args, field.name) for field in dataclasses.fields(SyntheticConfig)}
+            try:
+                config = SyntheticConfig(**values)
+            except ValueError as error:
+                parser.error(str(error))
+            record = generate_synthetic_dataset(args.out, config)
+            print(f"{args.out}: {len(record['items'])} items, {record['interactions']} interactions")
+            print(
+                f"next: python -m datasets_builder build --format amazon2018 --interactions {args.out}/reviews.jsonl "
+                f"--metadata {args.out}/metadata.jsonl --image-dir {args.out}/images "
+                "--image-pattern '{item_id}.png' --out DATA_DIR"
+            )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
