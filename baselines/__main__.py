@@ -1,4 +1,7 @@
-"""`python -m baselines DATA_DIR --models sasrec,gru4rec,bert4rec`: train each, print the test results table."""
+"""`python -m baselines DATA_DIR --models sasrec,gru4rec,bert4rec,llara,zero_shot`: run each, print the test results.
+
+ID models train here; `llara` (title + SASRec token, trained with LoRA) and `zero_shot` (the untuned backbone)
+run on `--backbone`, answer by generating a title, and are scored the paper's way (ValidRatio, HR@1, VHR@1)."""
 
 import argparse
 import ast
@@ -34,6 +37,18 @@ def _parse_set(items: list[str]) -> dict:
     return overrides
 
 
+LLM_MODELS = ("llara", "zero_shot")
+
+
+def run_llm_baseline(name: str, args) -> dict:
+    from .llm import train_llara, zero_shot
+
+    common = dict(backbone=args.backbone, max_history=args.max_history, max_eval_samples=args.max_eval_samples)
+    if name == "zero_shot":
+        return zero_shot(args.data_dir, **common)
+    return train_llara(args.data_dir, seed=args.seed, max_train_samples=args.max_train_samples, **common)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m baselines", description=__doc__)
     parser.add_argument("data_dir", help="output folder of `python -m datasets_builder` (sequences/, items/)")
@@ -48,12 +63,25 @@ def main(argv: list[str] | None = None) -> int:
         help="a model-specific override (e.g. loss_type=bce, n_layers=1), applied to each listed model that has it",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    llm = parser.add_argument_group("LLM baselines (llara, zero_shot)")
+    llm.add_argument("--backbone", default="smollm2-135m-instruct", help="named backbone, folder or Hub id")
+    llm.add_argument("--max-history", type=int, default=10, help="history items in the prompt (default 10)")
+    llm.add_argument("--max-train-samples", type=int, default=None, help="llara: training sequences (default all)")
+    llm.add_argument("--max-eval-samples", type=int, default=None, help="test samples scored (default all)")
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n not in MODELS and n not in LLM_MODELS]
     if unknown or not names:
-        parser.error(f"unknown model(s) {unknown}; valid names: {list(MODELS)}")
+        parser.error(f"unknown model(s) {unknown}; valid names: {list(MODELS) + list(LLM_MODELS)}")
+    for name in [n for n in names if n in LLM_MODELS]:
+        report = run_llm_baseline(name, args)
+        metrics = report["test_metrics"]
+        print(f"{name}: test ValidRatio {metrics['valid_ratio']:.4f}, HR@1 {metrics['hr@1']:.4f}, "
+              f"VHR@1 {metrics['vhr@1']:.4f} ({report['wall_time_s']} s)")
+    names = [n for n in names if n in MODELS]
+    if not names:
+        return 0
     common = {k: getattr(args, k) for k in COMMON_FLAGS if getattr(args, k) is not None}
     extra = _parse_set(args.set)
     for key in extra:

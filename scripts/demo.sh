@@ -32,9 +32,13 @@ step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, 
 "$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
     --id-encoder-arg epochs=40 --id-encoder-arg patience=5
 
-step "2. ID baselines on the same stored pools (SASRec came with the ID features)"
-for model in gru4rec bert4rec; do
-    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs 40 --patience 5 --no-progress
+BACKBONE=$(sed -n 's/^backbone: *//p' "$CONFIG")
+TRAIN_SAMPLES=$(sed -n 's/^max_train_samples: *//p' "$CONFIG")
+step "2. Baselines on the same stored pools: GRU4Rec, BERT4Rec (SASRec came with the ID features), LLaRA-style
+   (same backbone, LoRA budget and training samples as Speeder) and the untuned backbone zero-shot"
+for model in gru4rec bert4rec llara zero_shot; do
+    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs 80 --patience 10 \
+        --no-progress --backbone "$BACKBONE" --max-history "$MAX_HISTORY" --max-train-samples "$TRAIN_SAMPLES"
 done
 
 step "3. Speeder: MPO stages 1-3 ($CONFIG)"

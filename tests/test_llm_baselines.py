@@ -32,3 +32,12 @@ def test_llara_and_zero_shot_write_paper_metrics(tmp_path):
         metrics = report["test_metrics"]
         assert 0.0 <= metrics["valid_ratio"] <= 1.0 and metrics["num_samples"] == 3  # the whole test split
         assert metrics["vhr@1"] == pytest.approx(metrics["valid_ratio"] * metrics["hr@1"])
+
+
+def test_llm_baselines_are_flags_of_the_baselines_command(tmp_path):
+    from baselines.__main__ import main
+
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text", "id"))
+    assert main([str(data_dir), "--models", "zero_shot", "--backbone", "tiny", "--max-history", "4",
+                 "--max-eval-samples", "2"]) == 0
+    assert json.loads((data_dir / "baselines" / "zero_shot.json").read_text())["test_metrics"]["num_samples"] == 2
