@@ -67,6 +67,8 @@ class LlaraCollator:
             batch["labels"] = labels
         if self.features is not None:
             batch.update(self.features.gather(torch.tensor([i for sample in items for i in sample]), ("id",)))
+            # As in LLaRA, every item gets its SASRec table row, also one SASRec never trained (unseen in train).
+            batch["modality_mask"][:, 2] = True
         return batch
 
 

@@ -41,3 +41,19 @@ def test_llm_baselines_are_flags_of_the_baselines_command(tmp_path):
     assert main([str(data_dir), "--models", "zero_shot", "--backbone", "tiny", "--max-history", "4",
                  "--max-eval-samples", "2"]) == 0
     assert json.loads((data_dir / "baselines" / "zero_shot.json").read_text())["test_metrics"]["num_samples"] == 2
+
+
+def test_llara_gives_every_item_its_sasrec_row_even_one_unseen_in_training():
+    import torch
+
+    from baselines.llara import LlaraPromptBuilder
+    from trainer.collator import ItemFeatureTable
+
+    _, tokenizer = build_speeder_model("tiny")
+    present = torch.ones(10, dtype=torch.bool)
+    present[6] = False  # never in the train split: SASRec did not train its row
+    features = ItemFeatureTable({"id": torch.randn(10, 8)}, {"id": present})
+    collator = LlaraCollator(LlaraPromptBuilder(tokenizer), [f"item {i}" for i in range(10)], features, max_history=3)
+    batch = collator([{"history": [1, 2, 3], "candidates": [5, 6, 7], "label": 1}])
+    assert batch["modality_mask"][:, 2].all() and not batch["modality_mask"][:, :2].any()
+    assert torch.equal(batch["id_features"][4], features.features["id"][6])
