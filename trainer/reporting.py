@@ -45,7 +45,8 @@ def plot_training_curve(log_history: list[dict], path: Path, title: str) -> None
 
 
 def format_row(name: str, metrics: dict) -> str:
-    return f"| {name} | " + " | ".join(f"{metrics.get(k, float('nan')):.4f}" for k in RESULT_COLUMNS) + " |"
+    """One table row; "–" where a model has no such figure (generation-only baselines have no NDCG)."""
+    return f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" if k in metrics else "–" for k in RESULT_COLUMNS) + " |"
 
 
 def results_table(results: dict) -> str:
