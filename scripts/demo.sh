@@ -2,7 +2,8 @@
 # The main job on the offline real data, end to end: MovieLens-100K -> item features (MiniLM text, SASRec ID) ->
 # ID baselines -> MPO stages 1-3 on SmolLM2-135M-Instruct -> test metrics -> Hub-ready folder -> a recommendation
 # from that folder in a fresh process -> report. Every step is resumable: rerun this script after an interruption.
-# DEMO_CONFIG, OUT may be overridden (CI runs a tiny version: DEMO_CONFIG=configs/tiny.yaml).
+# DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite runs a tiny version:
+# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
@@ -30,14 +31,14 @@ step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
 
 step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, MiniLM text + SASRec ID features"
 "$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
-    --id-encoder-arg epochs=40 --id-encoder-arg patience=5
+    --id-encoder-arg epochs="${SASREC_EPOCHS:-40}" --id-encoder-arg patience=5
 
 BACKBONE=$(sed -n 's/^backbone: *//p' "$CONFIG")
 TRAIN_SAMPLES=$(sed -n 's/^max_train_samples: *//p' "$CONFIG")
 step "2. Baselines on the same stored pools: GRU4Rec, BERT4Rec (SASRec came with the ID features), LLaRA-style
    (same backbone, LoRA budget and training samples as Speeder) and the untuned backbone zero-shot"
 for model in gru4rec bert4rec llara zero_shot; do
-    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs 80 --patience 10 \
+    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs "${BASELINE_EPOCHS:-80}" --patience 10 \
         --no-progress --backbone "$BACKBONE" --max-history "$MAX_HISTORY" --max-train-samples "$TRAIN_SAMPLES"
 done
 
