@@ -52,6 +52,20 @@ def pad_histories(histories: Sequence[Sequence[int]], max_length: int) -> torch.
     return out
 
 
+def transformer_encoder(config) -> nn.TransformerEncoder:
+    """The self-attention stack of SASRec and BERT4Rec (post-norm, GELU), `n_layers` deep."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=config.hidden_size,
+        nhead=config.n_heads,
+        dim_feedforward=config.inner_size,
+        dropout=config.dropout,
+        activation="gelu",
+        layer_norm_eps=config.layer_norm_eps,
+        batch_first=True,
+    )
+    return nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+
+
 class SequentialRecommender(nn.Module):
     """Base of the ID-based baselines: item table with a padding row, candidate scoring, the item-embedding export.
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import BaselineConfig, SequentialRecommender
+from .base import BaselineConfig, SequentialRecommender, transformer_encoder
 
 
 @dataclass
@@ -39,16 +39,7 @@ class BERT4Rec(SequentialRecommender):
         self.position_embedding = nn.Embedding(config.max_seq_length, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d_model=config.hidden_size,
-            nhead=config.n_heads,
-            dim_feedforward=config.inner_size,
-            dropout=config.dropout,
-            activation="gelu",
-            layer_norm_eps=config.layer_norm_eps,
-            batch_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.encoder = transformer_encoder(config)
         self.output_dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(num_items))

@@ -11,7 +11,6 @@ metric module, and write `DATA_DIR/baselines/<name>.json` like the ID baselines.
 """
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from metrics import compute_choice_metrics
 
 from .llara import LlaraPromptBuilder
+from .trainer import _write_json_atomically
 
 IGNORE_INDEX = -100
 
@@ -93,10 +93,7 @@ def generated_choices(model, collator: LlaraCollator, rows, batch_size: int, des
 
 def _write(data_dir: Path, name: str, report: dict) -> Path:
     path = data_dir / "baselines" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+    _write_json_atomically(report, path)
     return path
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import BaselineConfig, SequentialRecommender
+from .base import BaselineConfig, SequentialRecommender, transformer_encoder
 
 
 @dataclass
@@ -31,16 +31,7 @@ class SASRec(SequentialRecommender):
         self.position_embedding = nn.Embedding(config.max_seq_length, config.hidden_size)
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d_model=config.hidden_size,
-            nhead=config.n_heads,
-            dim_feedforward=config.inner_size,
-            dropout=config.dropout,
-            activation="gelu",
-            layer_norm_eps=config.layer_norm_eps,
-            batch_first=True,
-        )
-        self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
+        self.encoder = transformer_encoder(config)
         self.apply(self._init_weights)
 
     def encode(self, histories: torch.LongTensor) -> torch.Tensor:
