@@ -3,7 +3,9 @@
 # ID baselines -> MPO stages 1-3 on SmolLM2-135M-Instruct -> test metrics -> Hub-ready folder -> a recommendation
 # from that folder in a fresh process -> report. Every step is resumable: rerun this script after an interruption.
 # DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite runs a tiny version:
-# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py).
+# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS=all (or a comma-separated list of
+# trainer/arguments.py ABLATIONS names) adds the paper's Table 3 runs; each costs as much as step 3, so it is off
+# by default on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
@@ -45,6 +47,12 @@ done
 step "3. Speeder: MPO stages 1-3 ($CONFIG)"
 .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py --config "$CONFIG" \
     --data_dir "$DATA" --output_dir "$RUN" --resume true
+
+if [ -n "${ABLATIONS:-}" ]; then
+    step "3b. Ablations of the paper's Table 3 ($ABLATIONS), each a full run on the same pools"
+    .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/ablations.py --config "$CONFIG" \
+        --data_dir "$DATA" --output_dir "$RUN" --resume true --ablations "$ABLATIONS"
+fi
 
 step "4. Export a Hub-ready folder"
 [ -d "$EXPORT" ] || "$PY" -m hub_upload export "$RUN" --out "$EXPORT" --data-dir "$DATA"
