@@ -14,8 +14,8 @@ Encoders (`--text-encoder`, `--vision-encoder`, `--id-encoder`):
             (transformers' Blip2VisionModel pooled output, the paper's choice), `none`.
             A Hub id is downloaded once (safetensors weights) where the Hub is reachable.
             An item whose image is missing or unreadable has `present` False and is counted; never a crash.
-    id:     `sasrec` (this repository's `baselines.train_baseline`, trained on the train split; items never seen in
-            training have `present` False), `none`.
+    id:     `sasrec` (this repository's `baselines.train_baseline`, trained on the train split; every item has its
+            table row, as in LLaRA, and the manifest counts the rows never trained: `not_in_train`), `none`.
 """
 
 import hashlib
@@ -41,7 +41,7 @@ from .build import DEFAULT_ENCODERS, MODALITIES, load_built_dataset
 
 logger = logging.getLogger(__name__)
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 _HASH_CHUNK = 1 << 20
@@ -407,12 +407,14 @@ def _id_features(data_dir: Path, sequences, num_items: int, seed: int, kwargs: d
     features = torch.as_tensor(result.item_embeddings).detach().float().cpu()
     if tuple(features.shape[:1]) != (num_items,) or features.dim() != 2:
         raise ValueError(f"SASRec returned item embeddings of shape {tuple(features.shape)} for {num_items} items.")
-    present = torch.zeros(num_items, dtype=torch.bool)
+    # Every item has its SASRec table row, as in LLaRA; rows of items never seen in training keep their
+    # initialisation, and the manifest counts them.
+    seen = torch.zeros(num_items, dtype=torch.bool)
     for history, target in zip(sequences["train"]["history"], sequences["train"]["target"]):
-        present[history] = True
-        present[target] = True
-    counts = {"not_in_train": int((~present).sum()), "test_metrics": dict(getattr(result, "test_metrics", {}) or {})}
-    return features, present, counts
+        seen[history] = True
+        seen[target] = True
+    counts = {"not_in_train": int((~seen).sum()), "test_metrics": dict(getattr(result, "test_metrics", {}) or {})}
+    return features, torch.ones(num_items, dtype=torch.bool), counts
 
 
 def compute_item_features(

@@ -126,6 +126,13 @@ def test_later_stage_without_its_predecessor_is_refused(data_dir, tmp_path):
         run(data_dir, tmp_path, "--stages", "2,3", "--max_steps", "1")
 
 
+def test_wo_text_starts_fresh_at_the_first_stage_with_data(tmp_path):
+    # without text and without images, stages 1 and 2 have no data: stage 3 trains from fresh weights
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text", "id"))
+    results = run(data_dir, tmp_path / "run", "--max_steps", "1", "--ablation", "wo_text")
+    assert sorted(results["stages"]) == ["3"] and results["stages"]["3"]["modalities"] == ["id"]
+
+
 @pytest.mark.parametrize(
     "flag, value, message",
     [("--ablation", "wo_everything", "ablation must be one of"), ("--stages", "1,4", "stages must be"),

@@ -178,6 +178,7 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
         model=model,
         args=stage_args,
         train_dataset=rows,
+        eval_dataset=data["valid"],  # read by `evaluate` through eval_sets; given so that --eval_strategy steps works
         data_collator=collator,
         processing_class=tokenizer,
         eval_collator=collator,
@@ -219,7 +220,7 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
                                                 "num_train_epochs": training_args.num_train_epochs})
     data, _, _ = load_built_dataset(args.data_dir)
     features = load_features(args.data_dir, args)
-    stage_metrics = {}
+    stage_metrics, skipped = {}, []
     for number in args.stage_numbers:
         stage = STAGES[number]
         stage_dir = run_dir / f"stage{number}"
@@ -229,8 +230,9 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
             continue
         if not stage_modalities(stage, features):
             print(f"Stage {number}: none of its modalities {list(stage.modalities)} have features: skipped.")
+            skipped.append(number)
             continue
-        previous = _previous_adapter(run_dir, number, args)
+        previous = _previous_adapter(run_dir, number, args, skipped)
         stage_metrics[number] = run_stage(stage, args, training_args, data, features, run_dir, previous)
     if not stage_metrics:
         raise ValueError(f"No stage of {args.stage_numbers} had data for its modalities: check the features and "
@@ -251,11 +253,12 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
     return json.loads((run_dir / "results.json").read_text())
 
 
-def _previous_adapter(run_dir: Path, number: int, args: SpeederArguments) -> Path | None:
+def _previous_adapter(run_dir: Path, number: int, args: SpeederArguments, skipped: list[int]) -> Path | None:
+    """The adapter a stage starts from; None (fresh weights) for the first stage that has data in this run."""
     earlier = [n for n in STAGES if n < number and (run_dir / f"stage{n}" / STAGE_DONE).exists()]
     if earlier:
         return run_dir / f"stage{max(earlier)}" / "adapter"
-    if number == 1 or args.ablation in STAGE_SKIPPING_ABLATIONS:
+    if number == 1 or args.ablation in STAGE_SKIPPING_ABLATIONS or set(range(1, number)) <= set(skipped):
         return None
     raise ValueError(
         f"Stage {number} starts from stage {number - 1}'s weights, but {run_dir} has no finished stage {number - 1}: "
