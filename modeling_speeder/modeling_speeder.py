@@ -23,6 +23,7 @@ logger = logging.get_logger(__name__)
 
 ITEM_CACHE_FILE = "item_embeddings.safetensors"
 ITEM_TABLE_FILE = "item_table.jsonl"
+ITEM_INPUTS = ("item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions")
 
 
 @dataclass
@@ -274,8 +275,12 @@ class SpeederModel(SpeederPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        # Splice only where <item> tokens are present: generate() passes the item inputs again at every decode step.
+        # Splice only where <item> tokens are present. A decode step gets no item inputs (see
+        # `prepare_inputs_for_generation`): an `<item>` token the model generated is embedded as a plain token.
         has_items = input_ids is not None and bool((input_ids == self.config.item_token_id).any())
+        item_inputs = (item_embeddings, text_features, vision_features, id_features)
+        decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        has_items = has_items and not (decoding and all(x is None for x in item_inputs))
         if has_items:
             if item_embeddings is None:
                 if all(f is None for f in (text_features, vision_features, id_features)):
@@ -400,6 +405,14 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         self._tokenizer = None
         self._prompt_builder_of: tuple | None = None  # (tokenizer, its prompt builder)
         self.post_init()
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Item inputs go to the prefill step only; decode steps reuse the cache, whatever token was generated."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in ITEM_INPUTS:
+                model_inputs.pop(key, None)
+        return model_inputs
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head

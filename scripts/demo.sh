@@ -3,9 +3,9 @@
 # ID baselines -> MPO stages 1-3 on SmolLM2-135M-Instruct -> test metrics -> Hub-ready folder -> a recommendation
 # from that folder in a fresh process -> report. Every step is resumable: rerun this script after an interruption.
 # DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite runs a tiny version:
-# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS=all (or a comma-separated list of
-# trainer/arguments.py ABLATIONS names) adds the paper's Table 3 runs; each costs as much as step 3, so it is off
-# by default on a 2-core machine.
+# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS (default wo_text; `all` or a
+# comma-separated list of trainer/arguments.py ABLATIONS names, or `none`) are the paper's Table 3 runs: wo_text
+# trains one stage on MovieLens (no images, so only the ID modality is left); `all` costs ~11 full runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
@@ -15,7 +15,8 @@ OUT=${OUT:-outputs}
 DATA=$OUT/data/ml-100k
 RUN=$OUT/runs/$(basename "$CONFIG" .yaml)
 EXPORT=$OUT/hub/speeder-ml100k-$(basename "$CONFIG" .yaml)
-MAX_HISTORY=$(sed -n 's/^max_history: *//p' "$CONFIG")
+setting() { sed -n "s/^$1: *\([^ #]*\).*/\1/p" "$CONFIG"; }  # a top-level YAML scalar, without its comment
+MAX_HISTORY=$(setting max_history)
 
 [ -x "$PY" ] || { echo "No .venv here: run 'bash scripts/install.sh' first." >&2; exit 1; }
 "$PY" - <<'PY' || exit 1
@@ -35,8 +36,8 @@ step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, 
 "$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
     --id-encoder-arg epochs="${SASREC_EPOCHS:-40}" --id-encoder-arg patience=5
 
-BACKBONE=$(sed -n 's/^backbone: *//p' "$CONFIG")
-TRAIN_SAMPLES=$(sed -n 's/^max_train_samples: *//p' "$CONFIG")
+BACKBONE=$(setting backbone)
+TRAIN_SAMPLES=$(setting max_train_samples)
 step "2. Baselines on the same stored pools: GRU4Rec, BERT4Rec (SASRec came with the ID features), LLaRA-style
    (same backbone, LoRA budget and training samples as Speeder) and the untuned backbone zero-shot"
 for model in gru4rec bert4rec llara zero_shot; do
@@ -48,7 +49,8 @@ step "3. Speeder: MPO stages 1-3 ($CONFIG)"
 .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py --config "$CONFIG" \
     --data_dir "$DATA" --output_dir "$RUN" --resume true
 
-if [ -n "${ABLATIONS:-}" ]; then
+ABLATIONS=${ABLATIONS:-wo_text}
+if [ "$ABLATIONS" != none ]; then
     step "3b. Ablations of the paper's Table 3 ($ABLATIONS), each a full run on the same pools"
     .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/ablations.py --config "$CONFIG" \
         --data_dir "$DATA" --output_dir "$RUN" --resume true --ablations "$ABLATIONS"

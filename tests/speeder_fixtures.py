@@ -49,7 +49,7 @@ def write_planted_dataset(
     data_dir: Path, num_items: int = 24, num_sequences: int = 120, history_length: int = 6, num_candidates: int = 5,
     modalities=("text", "vision", "id"), seed: int = 0,
 ) -> Path:
-    """A data set whose next item is always `(last item + 1) mod num_items`, with one-hot-like item features.
+    """A data set whose next item is always `(last item + 1) mod num_items`, with random item features.
 
     Written exactly as `python -m datasets_builder` writes: `sequences/` (train/valid/test + ppt_train/ppt_valid),
     `items/`, `features/<modality>.safetensors`.
@@ -65,6 +65,38 @@ def write_planted_dataset(
         rng.shuffle(candidates)
         rows.append({"sequence_id": sequence_id, "user_id": f"u{sequence_id}", "history": history,
                      "target": target, "candidates": candidates, "label": candidates.index(target)})
+    generator = torch.Generator().manual_seed(seed)
+    features = {m: torch.randn(num_items, TINY_MODEL_KWARGS[f"{m}_feature_size"], generator=generator)
+                for m in modalities}
+    return write_dataset(data_dir, rows, features, seed)
+
+
+def write_salient_dataset(data_dir: Path, num_items: int = 40, num_sequences: int = 400, history_length: int = 6,
+                          seed: int = 0) -> Path:
+    """A data set whose targets are always "liked" items (half of them) and whose negatives never are; only the ID
+    features tell the two apart (a +2 offset on every dimension). A model that reads its items learns it fast."""
+    rng = random.Random(seed)
+    liked, other = list(range(0, num_items, 2)), list(range(1, num_items, 2))
+    rows = []
+    for sequence_id in range(num_sequences):
+        history = rng.sample(range(num_items), history_length)
+        target = rng.choice([i for i in liked if i not in history])
+        candidates = rng.sample([i for i in other if i not in history], 4) + [target]
+        rng.shuffle(candidates)
+        rows.append({"sequence_id": sequence_id, "user_id": f"u{sequence_id}", "history": history,
+                     "target": target, "candidates": candidates, "label": candidates.index(target)})
+    generator = torch.Generator().manual_seed(seed)
+    features = {m: torch.randn(num_items, TINY_MODEL_KWARGS[f"{m}_feature_size"], generator=generator)
+                for m in ("text", "id")}
+    features["id"][liked] += 2.0
+    return write_dataset(data_dir, rows, features, seed)
+
+
+def write_dataset(data_dir: Path, rows: list[dict], features: dict[str, torch.Tensor], seed: int = 0) -> Path:
+    """Writes recommendation rows (split 7:2:1, in order), their PPT samples and per-item features exactly as
+    `python -m datasets_builder` writes them."""
+    rng = random.Random(seed)
+    num_items = next(iter(features.values())).shape[0]
     cut1, cut2 = int(0.7 * len(rows)), int(0.9 * len(rows))
     splits = {"train": rows[:cut1], "valid": rows[cut1:cut2], "test": rows[cut2:]}
     for name in ("train", "valid"):
@@ -78,16 +110,13 @@ def write_planted_dataset(
     DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(str(data_dir / "sequences"))
     Dataset.from_list([
         {"item_index": i, "item_id": f"item{i}", "title": f"item {i}", "text": f"item {i}", "image_path": "",
-         "has_text": True, "has_image": "vision" in modalities} for i in range(num_items)
+         "has_text": True, "has_image": "vision" in features} for i in range(num_items)
     ]).save_to_disk(str(data_dir / "items"))
     (data_dir / "features").mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
-    for modality in modalities:
-        size = TINY_MODEL_KWARGS[f"{modality}_feature_size"]
-        features = torch.randn(num_items, size, generator=generator)
-        save_file({"features": features, "present": torch.ones(num_items, dtype=torch.bool)},
+    for modality, values in features.items():
+        save_file({"features": values, "present": torch.ones(num_items, dtype=torch.bool)},
                   str(data_dir / "features" / f"{modality}.safetensors"))
-    (data_dir / "stats.json").write_text(json.dumps({"items": num_items, "sequences": num_sequences}))
+    (data_dir / "stats.json").write_text(json.dumps({"items": num_items, "sequences": len(rows)}))
     return data_dir
 
 

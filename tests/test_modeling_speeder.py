@@ -174,6 +174,16 @@ def test_generate_and_score_candidates_choose_the_same_candidate(model_and_token
     assert generated == scores.argmax(-1).tolist()
 
 
+def test_a_generated_item_token_is_plain_text_in_the_next_decode_step(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompt = model.prompt_builder(tokenizer).recommendation(history_length=3, num_candidates=5)
+    inputs = {"input_ids": torch.tensor([prompt.input_ids]), **item_inputs(prompt.num_items),
+              "history_positions": torch.tensor(prompt.history_positions)}
+    forced = LogitsProcessorList([OnlyTokens([model.config.item_token_id])])  # the first answer token is <item>
+    output = model.generate(**inputs, max_new_tokens=3, do_sample=False, logits_processor=forced)
+    assert output[0, len(prompt.input_ids):].tolist() == [model.config.item_token_id] * 3
+
+
 def lora_model(model):
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
                         modules_to_save=["item_encoder", "history_position_embeddings"])
