@@ -1,5 +1,6 @@
 """datasets_builder: cached item features (text, vision, id) and the synthetic image-dependent data set."""
 
+import dataclasses
 import json
 import sys
 import types
@@ -20,10 +21,11 @@ from datasets_builder import (
     load_item_features,
 )
 from datasets_builder.__main__ import main
-from datasets_builder.synthetic import COLOR_FAMILIES
+from datasets_builder.synthetic import COLOR_FAMILIES, SHAPES
 
-TINY_SYNTHETIC = SyntheticConfig(
-    num_users=30, num_items=30, num_colors=3, sessions_per_user=1, min_session_length=6, max_session_length=8,
+TINY_SYNTHETIC = SyntheticConfig(  # session-shape: every one of the 30 items passes the build filter
+    rule="session-shape",
+    num_users=30, num_items=30, num_shapes=3, sessions_per_user=1, min_session_length=6, max_session_length=8,
     image_size=32, seed=1,
 )
 NO_ENCODERS = {"text_encoder": "none", "vision_encoder": "none", "id_encoder": "none"}
@@ -81,31 +83,45 @@ def ds_fake_encoder(monkeypatch):
 # --- synthetic data set --------------------------------------------------------------------------------------
 
 
-def test_synthetic_dataset_is_seeded_colour_neutral_and_plants_the_colour_rule(tmp_path):
+def test_synthetic_dataset_is_seeded_and_has_neutral_titles(tmp_path):
     first = generate_synthetic_dataset(tmp_path / "a", TINY_SYNTHETIC)
     second = generate_synthetic_dataset(tmp_path / "b", TINY_SYNTHETIC)
     assert first == second
     for name in ("reviews.jsonl", "metadata.jsonl", f"images/{first['items'][0]['asin']}.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     titles = " ".join(item["title"].lower() for item in first["items"])
-    assert not any(color in titles for color in COLOR_FAMILIES)
+    assert not any(word in titles for word in (*COLOR_FAMILIES, *SHAPES))
     mtime = (tmp_path / "a" / "reviews.jsonl").stat().st_mtime_ns
     generate_synthetic_dataset(tmp_path / "a", TINY_SYNTHETIC)  # same config: skipped
     assert (tmp_path / "a" / "reviews.jsonl").stat().st_mtime_ns == mtime
 
-    data = _build(tmp_path / "a", tmp_path / "data")
+
+@pytest.mark.parametrize("rule", ["target-shape", "session-shape"])
+def test_synthetic_dataset_plants_its_shape_rule(tmp_path, rule):
+    record = generate_synthetic_dataset(tmp_path / "raw", dataclasses.replace(TINY_SYNTHETIC, rule=rule))
+    data = _build(tmp_path / "raw", tmp_path / "data")
     sequences, items, stats = load_built_dataset(data)
-    assert stats["items"] == 30 and stats["sequences"] == 30 and all(items["has_image"])
-    color = {item["asin"]: item["color"] for item in first["items"]}
-    item_color = [color[item_id] for item_id in items["item_id"]]
+    assert stats["sequences"] == 30 and all(items["has_image"])
+    shape = {item["asin"]: item["shape"] for item in record["items"]}
+    item_shape = [shape[item_id] for item_id in items["item_id"]]
     for row in sequences["train"]:
-        assert {item_color[i] for i in row["history"]} == {item_color[row["target"]]}
+        history, target = {item_shape[i] for i in row["history"]}, item_shape[row["target"]]
+        if rule == "session-shape":
+            assert history == {target}
+        else:
+            assert target == SHAPES[0] and SHAPES[0] not in history
+    # colour is noise: sessions span several colours
+    color = [dict((item["asin"], item["color"]) for item in record["items"])[item_id] for item_id in items["item_id"]]
+    assert any(len({color[i] for i in row["history"]}) > 1 for row in sequences["train"])
 
 
 def test_synthetic_cli_validates_sizes(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["synthetic", "--out", str(tmp_path), "--num-items", "20", "--num-colors", "6"])
-    assert "must be >= --max-session-length" in capsys.readouterr().err
+        main(["synthetic", "--out", str(tmp_path), "--rule", "session-shape", "--num-items", "20", "--num-shapes", "6"])
+    assert "fewer than --max-session-length" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["synthetic", "--out", str(tmp_path), "--rule", "colour"])
+    assert "--rule must be one of ['target-shape', 'session-shape']" in capsys.readouterr().err
 
 
 # --- caching, resuming, atomic writes ------------------------------------------------------------------------
