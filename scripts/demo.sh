@@ -6,6 +6,8 @@
 # DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS (default wo_text; `all` or a
 # comma-separated list of trainer/arguments.py ABLATIONS names, or `none`) are the paper's Table 3 runs: wo_text
 # trains one stage on MovieLens (no images, so only the ID modality is left); `all` costs ~11 full runs.
+# Step 3c, the vision check, trains configs/vision_check.yaml on generated images with and without vision
+# (VISION_CHECK_STEPS overrides its steps per stage; the tiny test sets a few).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
@@ -56,6 +58,22 @@ if [ "$ABLATIONS" != none ]; then
         --data_dir "$DATA" --output_dir "$RUN" --resume true --ablations "$ABLATIONS"
 fi
 
+SYN_RAW=$OUT/data/synthetic-raw
+SYN=$OUT/data/synthetic
+VISION_RUN=$OUT/runs/vision_check
+VISION_ARGS=(--config configs/vision_check.yaml --data_dir "$SYN" --output_dir "$VISION_RUN")
+[ -z "${VISION_CHECK_STEPS:-}" ] || VISION_ARGS+=(--max_steps "$VISION_CHECK_STEPS")
+step "3c. Vision check: generated items whose target only its image tells apart -> MiniLM + EfficientNet-Lite0
+   features -> stages 1-2 with and without vision (configs/vision_check.yaml, tiny backbone)"
+"$PY" -m datasets_builder synthetic --out "$SYN_RAW" > /dev/null
+"$PY" -m datasets_builder build --format amazon2018 --interactions "$SYN_RAW/reviews.jsonl" \
+    --metadata "$SYN_RAW/metadata.jsonl" --image-dir "$SYN_RAW/images" --image-pattern '{item_id}.png' \
+    --max-history 8 --out "$SYN" > /dev/null
+"$PY" -m datasets_builder features "$SYN" --id-encoder none
+.venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py "${VISION_ARGS[@]}"
+.venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/ablations.py "${VISION_ARGS[@]}" \
+    --ablations wo_vision
+
 step "4. Export a Hub-ready folder"
 [ -d "$EXPORT" ] || "$PY" -m hub_upload export "$RUN" --out "$EXPORT" --data-dir "$DATA"
 
@@ -63,6 +81,6 @@ step "5. Reload the exported folder in a fresh process (remote code only) and re
 "$PY" scripts/recommend_example.py "$EXPORT" "$DATA"
 
 step "6. Report"
-"$PY" -m trainer.report --run "$RUN"
+"$PY" -m trainer.report --run "$RUN" --vision-check "$VISION_RUN"
 cat "$RUN/results.md"
 echo "Done in $(( $(date +%s) - start )) s. Report: $RUN/report/report.md; Hub folder: $EXPORT"

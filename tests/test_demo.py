@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_main_job_runs_end_to_end_on_the_tiny_config(tmp_path):
     env = {**os.environ, "DEMO_CONFIG": "configs/tiny.yaml", "OUT": str(tmp_path), "SASREC_EPOCHS": "2",
-           "BASELINE_EPOCHS": "2", "ABLATIONS": "wo_ppt,wo_stages12"}
+           "BASELINE_EPOCHS": "2", "ABLATIONS": "wo_ppt,wo_stages12",
+           "VISION_CHECK_STEPS": "5"}
     result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=1500)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -25,3 +26,5 @@ def test_main_job_runs_end_to_end_on_the_tiny_config(tmp_path):
         assert row in report
     for ablation in ("wo_ppt", "wo_stages12"):  # Table 3 rows, from runs on the same pools
         assert f"| {ablation} |" in report
+    for row in ("| with vision (stages 1-2) |", "| without vision (wo_vision) |"):  # the vision check's runs
+        assert row in report

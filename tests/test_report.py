@@ -31,6 +31,23 @@ def test_ablations_and_report_show_every_row(tmp_path):
     assert (tmp_path / "run" / "report" / "results.png").stat().st_size > 0
 
 
+def test_report_shows_the_vision_check_and_names_what_is_missing(tmp_path):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=30)
+    common = ["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), *TINY]
+    run(common)
+    check = tmp_path / "vision_check"
+    (check / "ablations" / "wo_vision").mkdir(parents=True)
+    (check / "results.json").write_text(json.dumps({"test": {"hr@1": 0.6, "valid_ratio": 1.0, "vhr@1": 0.6}}))
+    with pytest.raises(FileNotFoundError, match="ablations/wo_vision/results.json"):
+        write_report(["--run", str(tmp_path / "run"), "--vision-check", str(check)])
+    without = {"test": {"hr@1": 0.25, "valid_ratio": 1.0, "vhr@1": 0.25}}
+    (check / "ablations" / "wo_vision" / "results.json").write_text(json.dumps(without))
+    report = write_report(["--run", str(tmp_path / "run"), "--vision-check", str(check)]).read_text()
+    assert "## Vision check" in report
+    assert "| with vision (stages 1-2) | 0.6000 | 1.0000 | 0.6000 |" in report
+    assert "| without vision (wo_vision) | 0.2500 | 1.0000 | 0.2500 |" in report
+
+
 def test_unknown_ablation_lists_the_valid_ones():
     with pytest.raises(ValueError, match="wo_ppt"):
         AblationArguments(ablations="wo_nothing").names()

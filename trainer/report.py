@@ -1,9 +1,11 @@
-"""The results report of a run: Table 2 (Speeder vs baselines), Table 3 (ablations), curves, efficiency.
+"""The results report of a run: Table 2 (Speeder vs baselines), Table 3 (ablations), curves, vision check, efficiency.
 
-    python -m trainer.report --run outputs/runs/demo [--benchmark outputs/bench/efficiency.json] [--out DIR]
+    python -m trainer.report --run outputs/runs/demo [--vision-check outputs/runs/vision_check]
+        [--benchmark outputs/bench/efficiency.json] [--out DIR]
 
 Every figure is read from the files the runs wrote: `results.json` of the run and of each ablation run
-(`RUN/ablations/<name>/`), `DATA_DIR/baselines/<name>.json`, `DATA_DIR/stats.json` and the benchmark JSON.
+(`RUN/ablations/<name>/`), `DATA_DIR/baselines/<name>.json`, `DATA_DIR/stats.json`, the vision-check run (with its
+`wo_vision` ablation) and the benchmark JSON.
 """
 
 import argparse
@@ -48,6 +50,18 @@ def collect(run_dir: Path) -> dict:
             "data_dir": str(data_dir)}
 
 
+def collect_vision_check(run_dir: Path) -> dict[str, dict]:
+    """Test metrics of a configs/vision_check.yaml run and of its `wo_vision` ablation."""
+    with_vision = _read(run_dir / "results.json")
+    without_vision = _read(run_dir / "ablations" / "wo_vision" / "results.json")
+    if with_vision is None or without_vision is None:
+        raise FileNotFoundError(
+            f"{run_dir}: needs results.json and ablations/wo_vision/results.json; run trainer/run.py and "
+            "trainer/ablations.py --ablations wo_vision with configs/vision_check.yaml first."
+        )
+    return {"with vision (stages 1-2)": with_vision["test"], "without vision (wo_vision)": without_vision["test"]}
+
+
 def table(rows: dict[str, dict]) -> str:
     lines = ["| model | HR@1 | ValidRatio | VHR@1 | NDCG@5 |", "| --- | --- | --- | --- | --- |"]
     return "\n".join(lines + [format_row(name, metrics) for name, metrics in rows.items()]) + "\n"
@@ -66,9 +80,12 @@ def plot_models(models: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(run_dir: Path, out_dir: Path, benchmark: Path | None = None) -> Path:
+def write_report(
+    run_dir: Path, out_dir: Path, benchmark: Path | None = None, vision_check: Path | None = None
+) -> Path:
     """Writes `report.md` and its PNGs into `out_dir`; returns the Markdown path."""
     found = collect(run_dir)
+    vision_rows = collect_vision_check(vision_check) if vision_check is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_models(found["models"], out_dir / "results.png")
     lines = [f"# Speeder results: `{run_dir}`", "",
@@ -91,6 +108,11 @@ def write_report(run_dir: Path, out_dir: Path, benchmark: Path | None = None) ->
     lines.append("")
     if len(found["ablations"]) > 1:
         lines += ["## Ablations (test split; paper Table 3)", "", table(found["ablations"])]
+    if vision_rows is not None:
+        lines += ["## Vision check (generated data, test split)", "",
+                  f"`{vision_check}`: MPO stages 1-2 of configs/vision_check.yaml on the generated target-shape data "
+                  "(the target is the candidate drawn as a circle; no title says so), real MiniLM and EfficientNet-Lite0 "
+                  "features, tiny random backbone. Random is 0.2.", "", table(vision_rows)]
     if benchmark is not None and benchmark.is_file():
         bench = json.loads(benchmark.read_text())
         lines += ["## Efficiency", "", bench.get("table", ""), ""]
@@ -107,9 +129,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="A run folder of trainer/run.py.")
     parser.add_argument("--benchmark", type=Path, help="JSON written by bench/efficiency.py.")
+    parser.add_argument("--vision-check", type=Path, help="A configs/vision_check.yaml run with its wo_vision ablation.")
     parser.add_argument("--out", type=Path, help="Report folder (default: RUN/report).")
     args = parser.parse_args(argv)
-    path = write_report(args.run, args.out or args.run / "report", args.benchmark)
+    path = write_report(args.run, args.out or args.run / "report", args.benchmark, args.vision_check)
     print(f"Report: {path}")
     return path
 
