@@ -53,7 +53,7 @@ START_TIME = 1_500_000_000  # 2017-07-14, seconds
 
 @dataclasses.dataclass
 class SyntheticConfig:
-    """The rule and sizes of the generated data set.
+    """The rule and sizes of the generated data set (defaults: the main job's vision check, configs/vision_check.yaml).
 
     Args:
         rule: "target-shape" or "session-shape" (module docstring).
@@ -67,7 +67,7 @@ class SyntheticConfig:
 
     rule: str = "target-shape"
     num_users: int = 600
-    num_items: int = 240
+    num_items: int = 120
     num_shapes: int = 4
     sessions_per_user: int = 2
     min_session_length: int = 10
