@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from speeder_fixtures import write_planted_dataset, write_salient_dataset
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from metrics import compute_choice_metrics, compute_ranking_metrics
 from trainer.arguments import ABLATIONS, SpeederArguments
@@ -121,6 +121,16 @@ def test_resume_with_another_config_says_what_differs(data_dir, tmp_path):
         run(data_dir, tmp_path, "--stages", "1", "--max_steps", "1", "--lora_r", "4")
 
 
+def test_rerun_on_rebuilt_data_says_the_data_differs(tmp_path):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text",))
+    run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1")
+    run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1")  # same data: the finished stage is skipped
+    features = load_file(str(data_dir / "features" / "text.safetensors"))
+    save_file({**features, "features": features["features"] + 1}, str(data_dir / "features" / "text.safetensors"))
+    with pytest.raises(ValueError, match=r"another config \(data: '[0-9a-f]+' -> '[0-9a-f]+'\)"):
+        run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1")
+
+
 def test_later_stage_without_its_predecessor_is_refused(data_dir, tmp_path):
     with pytest.raises(ValueError, match="no finished stage 1"):
         run(data_dir, tmp_path, "--stages", "2,3", "--max_steps", "1")
@@ -160,8 +170,6 @@ def test_item_without_features_is_named(tmp_path):
     data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text",))
     features = load_file(str(data_dir / "features" / "text.safetensors"))
     features["present"][3] = False
-    from safetensors.torch import save_file
-
     save_file(features, str(data_dir / "features" / "text.safetensors"))
     with pytest.raises(ValueError, match=r"Items \[3\] have no features"):
         run(data_dir, tmp_path / "run", "--max_steps", "1", "--stages", "1")

@@ -1,6 +1,7 @@
 """The MPO curriculum: one SFTTrainer run per stage, each starting from the previous stage's saved adapter."""
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -81,12 +82,30 @@ def write_json_atomic(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
+def data_fingerprint(data_dir: str, modalities) -> str:
+    """A digest of the sequence and feature files a run reads: a rerun on rebuilt data is not the same run."""
+    root = Path(data_dir)
+    files = sorted((root / "sequences").rglob("data-*.arrow"))  # not the cache-*.arrow files `map` adds
+    files += [root / "features" / f"{m}.safetensors" for m in modalities]
+    digest = hashlib.blake2b(digest_size=8)
+    for path in files:
+        if path.is_file():
+            digest.update(path.relative_to(root).as_posix().encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def check_run_config(run_dir: Path, config: dict) -> None:
-    """Records the run's config; a rerun/resume with a different config fails naming what differs."""
+    """Records the run's config; a rerun/resume with a different config fails naming what differs.
+
+    Keys that an older record lacks are not compared, so runs recorded before a key was added still resume."""
     path = run_dir / RUN_CONFIG
     if path.exists():
         previous = json.loads(path.read_text())
-        differs = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v and k not in ("resume",)}
+        differs = {k: (previous[k], v) for k, v in config.items() if k in previous and previous[k] != v
+                   and k != "resume"}
         if differs:
             lines = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differs.items())
             raise ValueError(
@@ -215,9 +234,12 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
     run_dir = Path(training_args.output_dir)
     state = PartialState()
     with state.main_process_first():
+        modalities = [m for m in MODALITIES if m not in args.dropped_modalities]
         check_run_config(run_dir, args.to_dict() | {"seed": training_args.seed,
                                                 "learning_rate": training_args.learning_rate,
-                                                "num_train_epochs": training_args.num_train_epochs})
+                                                "num_train_epochs": training_args.num_train_epochs,
+                                                "max_steps": training_args.max_steps,
+                                                "data": data_fingerprint(args.data_dir, modalities)})
     data, _, _ = load_built_dataset(args.data_dir)
     features = load_features(args.data_dir, args)
     stage_metrics, skipped = {}, []
