@@ -21,7 +21,7 @@ from datasets_builder import (
     load_item_features,
 )
 from datasets_builder.__main__ import main
-from datasets_builder.synthetic import COLOR_FAMILIES, SHAPES
+from datasets_builder.synthetic import COLOR_FAMILIES, SHAPES, draw_item_image
 
 TINY_SYNTHETIC = SyntheticConfig(  # session-shape: every one of the 30 items passes the build filter
     rule="session-shape",
@@ -113,6 +113,14 @@ def test_synthetic_dataset_plants_its_shape_rule(tmp_path, rule):
     # colour is noise: sessions span several colours
     color = [dict((item["asin"], item["color"]) for item in record["items"])[item_id] for item_id in items["item_id"]]
     assert any(len({color[i] for i in row["history"]}) > 1 for row in sequences["train"])
+
+
+def test_every_shape_is_drawn_differently():
+    pictures = {shape: np.asarray(draw_item_image((200, 30, 30), shape, 48, np.random.default_rng(0)))
+                for shape in SHAPES}
+    drawn = {shape: int((picture[..., 1] < 150).sum()) for shape, picture in pictures.items()}  # pixels in red
+    assert all(count > 48 for count in drawn.values()), drawn
+    assert len({picture.tobytes() for picture in pictures.values()}) == len(SHAPES)
 
 
 def test_synthetic_cli_validates_sizes(tmp_path, capsys):
