@@ -110,9 +110,9 @@ def write_report(
         lines += ["## Ablations (test split; paper Table 3)", "", table(found["ablations"])]
     if vision_rows is not None:
         lines += ["## Vision check (generated data, test split)", "",
-                  f"`{vision_check}`: MPO stages 1-2 of configs/vision_check.yaml on the generated target-shape data "
-                  "(the target is the candidate drawn as a circle; no title says so), real MiniLM and EfficientNet-Lite0 "
-                  "features, tiny random backbone. Random is 0.2.", "", table(vision_rows)]
+                  f"`{vision_check}`: MPO stages 1-2 of configs/vision_check.yaml on the generated target-shape "
+                  "data (the target is the candidate drawn as a circle; no title says so), real MiniLM and "
+                  "EfficientNet-Lite0 features, tiny random backbone. Random is 0.2.", "", table(vision_rows)]
     if benchmark is not None and benchmark.is_file():
         bench = json.loads(benchmark.read_text())
         lines += ["## Efficiency", "", bench.get("table", ""), ""]
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="A run folder of trainer/run.py.")
     parser.add_argument("--benchmark", type=Path, help="JSON written by bench/efficiency.py.")
-    parser.add_argument("--vision-check", type=Path, help="A configs/vision_check.yaml run with its wo_vision ablation.")
+    parser.add_argument("--vision-check", type=Path,
+                        help="A configs/vision_check.yaml run with its wo_vision ablation.")
     parser.add_argument("--out", type=Path, help="Report folder (default: RUN/report).")
     args = parser.parse_args(argv)
     path = write_report(args.run, args.out or args.run / "report", args.benchmark, args.vision_check)
