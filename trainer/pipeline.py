@@ -19,7 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from datasets_builder.build import load_built_dataset
-from datasets_builder.features import load_item_features
+from datasets_builder.features import files_revision, load_item_features
 from modeling_speeder import MODALITIES
 from modeling_speeder.backbones import build_speeder_model
 
@@ -87,14 +87,8 @@ def data_fingerprint(data_dir: str, modalities) -> str:
     root = Path(data_dir)
     files = sorted((root / "sequences").rglob("data-*.arrow"))  # not the cache-*.arrow files `map` adds
     files += [root / "features" / f"{m}.safetensors" for m in modalities]
-    digest = hashlib.blake2b(digest_size=8)
-    for path in files:
-        if path.is_file():
-            digest.update(path.relative_to(root).as_posix().encode())
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+    revisions = [f"{path.relative_to(root).as_posix()}:{files_revision(path)}" for path in files if path.is_file()]
+    return hashlib.sha256("\n".join(revisions).encode()).hexdigest()[:16]
 
 
 def check_run_config(run_dir: Path, config: dict) -> None:
