@@ -23,7 +23,9 @@ logger = logging.get_logger(__name__)
 
 ITEM_CACHE_FILE = "item_embeddings.safetensors"
 ITEM_TABLE_FILE = "item_table.jsonl"
-ITEM_INPUTS = ("item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions")
+ITEM_INPUTS = (
+    "item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions"
+)
 
 
 @dataclass

@@ -140,8 +140,8 @@ def test_training_learns_what_the_item_features_say(tmp_path):
     # targets are always the items whose ID features carry an offset: the item encoder, the splice, LoRA and the
     # answer head must all work together to rise from chance (0.2) to near 1
     data_dir = write_salient_dataset(tmp_path / "data")
-    results = run(data_dir, tmp_path / "run", "--ablation", "wo_stages12", "--max_steps", "600", "--ppt_per_sequence", "0",
-                  "--learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha", "32", "--max_eval_samples", "40",
+    results = run(data_dir, tmp_path / "run", "--ablation", "wo_stages12", "--max_steps", "600",
+                  "--ppt_per_sequence", "0", "--learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha", "32", "--max_eval_samples", "40",
                   "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     assert results["test"]["hr@1"] >= 0.8, results["test"]  # 1.0 on the reference machine
 
