@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from baselines.llara import LlaraPromptBuilder, TmfPromptBuilder
 from modeling_speeder.backbones import build_speeder_model
@@ -39,8 +40,12 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("efficiency")
-    main(["--backbone", "tiny", "--lengths", "2,4", "--repeats", "1", "--warmup", "0", "--batch-size", "1",
-          "--isolation", "none", "--threads", "1", "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        main(["--backbone", "tiny", "--lengths", "2,4", "--repeats", "1", "--warmup", "0", "--batch-size", "1",
+              "--isolation", "none", "--threads", "1", "--out", str(out)])
+    finally:  # --threads sets a process-wide value: later tests must run as they do alone
+        torch.set_num_threads(threads)
     return json.loads((out / "efficiency.json").read_text()), out
 
 

@@ -140,10 +140,13 @@ def test_training_learns_what_the_item_features_say(tmp_path):
     # targets are always the items whose ID features carry an offset: the item encoder, the splice, LoRA and the
     # answer head must all work together to rise from chance (0.2) to near 1
     data_dir = write_salient_dataset(tmp_path / "data")
-    results = run(data_dir, tmp_path / "run", "--ablation", "wo_stages12", "--max_steps", "600",
-                  "--ppt_per_sequence", "0", "--learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha", "32", "--max_eval_samples", "40",
+    # 1,000 steps and seed 1: with 600 steps and seed 42 the outcome hung on the float reduction order (1.0 with one
+    # torch thread, 0.125 with two); this recipe reaches 1.0 with one thread and with two
+    results = run(data_dir, tmp_path / "run", "--ablation", "wo_stages12", "--max_steps", "1000", "--seed", "1",
+                  "--ppt_per_sequence", "0", "--learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha", "32",
+                  "--max_eval_samples", "40",
                   "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
-    assert results["test"]["hr@1"] >= 0.8, results["test"]  # 1.0 on the reference machine
+    assert results["test"]["hr@1"] >= 0.8, results["test"]
 
 
 def test_wo_text_starts_fresh_at_the_first_stage_with_data(tmp_path):
