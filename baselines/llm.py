@@ -130,7 +130,7 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
                 batch_size: int = 8, lora_r: int = 8, lora_alpha: int = 16, lora_target_modules: str = "q_proj,v_proj",
                 output_dir: str | None = None) -> dict:
     """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `baselines/llara.json`."""
-    from datasets_builder.build import load_built_dataset
+    from datasets_builder.build import load_built_dataset, train_subset
     from trainer.arguments import SpeederArguments, SpeederSFTConfig
     from trainer.pipeline import SpeederSFTTrainer, build_model, load_features
     from trainer.stages import STAGES, apply_stage
@@ -148,7 +148,7 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
     model, tokenizer = build_model(args, features, seed, None)
     apply_stage(model, STAGES[3])  # LoRA and the whole ID projector train
     collator = LlaraCollator(LlaraPromptBuilder(tokenizer), items["title"], features, max_history)
-    train = _split(data, "train", max_train_samples)
+    train = train_subset(data["train"], max_train_samples, seed)  # the same samples Speeder trains on
     output_dir = output_dir or str(data_dir / "baselines" / "llara_run")
     training_args = SpeederSFTConfig(output_dir=output_dir, per_device_train_batch_size=batch_size,
                                      num_train_epochs=1, learning_rate=learning_rate, seed=seed, save_strategy="no",

@@ -422,6 +422,18 @@ def load_built_dataset(data_dir: str | os.PathLike) -> tuple[DatasetDict, Datase
     return load_from_disk(str(data_dir / "sequences")), load_from_disk(str(data_dir / "items")), stats
 
 
+def train_subset(train: Dataset, max_samples: int | None, seed: int) -> Dataset:
+    """The first `max_samples` rows of a seeded shuffle of `train` (all of it when None or larger).
+
+    Speeder and the LLaRA-style baseline both take their training samples from here, so they train on the same ones.
+    The split is stored in sequence order with augmented prefixes after their sequence, so its head alone would be
+    a few users' sessions.
+    """
+    if max_samples is None or max_samples >= len(train):
+        return train
+    return train.shuffle(seed=seed).select(range(max_samples))
+
+
 MOVIELENS_TEXT_TEMPLATE = "{title} ({release_year}), {class}"
 
 

@@ -3,9 +3,9 @@
 # ID baselines -> MPO stages 1-3 on SmolLM2-135M-Instruct -> test metrics -> Hub-ready folder -> a recommendation
 # from that folder in a fresh process -> report. Every step is resumable: rerun this script after an interruption.
 # DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite runs a tiny version:
-# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS (default wo_text; `all` or a
-# comma-separated list of trainer/arguments.py ABLATIONS names, or `none`) are the paper's Table 3 runs: wo_text
-# trains one stage on MovieLens (no images, so only the ID modality is left); `all` costs ~11 full runs.
+# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS (default none; `all` or a
+# comma-separated list of trainer/arguments.py ABLATIONS names) are the paper's Table 3 runs: wo_text
+# trains one stage on MovieLens (no images, so only the ID modality is left; about 6 min); `all` costs ~11 full runs.
 # Step 3c, the vision check, trains configs/vision_check.yaml on generated images with and without vision
 # (VISION_CHECK_STEPS overrides its steps per stage; the tiny test sets a few).
 set -euo pipefail
@@ -51,7 +51,7 @@ step "3. Speeder: MPO stages 1-3 ($CONFIG)"
 .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py --config "$CONFIG" \
     --data_dir "$DATA" --output_dir "$RUN" --resume true
 
-ABLATIONS=${ABLATIONS:-wo_text}
+ABLATIONS=${ABLATIONS:-none}
 if [ "$ABLATIONS" != none ]; then
     step "3b. Ablations of the paper's Table 3 ($ABLATIONS), each a full run on the same pools"
     .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/ablations.py --config "$CONFIG" \

@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+from datasets import Dataset
 from speeder_fixtures import write_planted_dataset, write_salient_dataset
 from safetensors.torch import load_file, save_file
 
+from datasets_builder.build import train_subset
 from metrics import compute_choice_metrics, compute_ranking_metrics
 from trainer.arguments import ABLATIONS, SpeederArguments
 from trainer.collator import IGNORE_INDEX
@@ -154,6 +156,31 @@ def test_wo_text_starts_fresh_at_the_first_stage_with_data(tmp_path):
     data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text", "id"))
     results = run(data_dir, tmp_path / "run", "--max_steps", "1", "--ablation", "wo_text")
     assert sorted(results["stages"]) == ["3"] and results["stages"]["3"]["modalities"] == ["id"]
+
+
+def test_stage_adding_a_modality_the_data_lacks_is_skipped(tmp_path, capsys):
+    # data without images (MovieLens): stage 2 would only repeat stage 1's text, so stage 3 follows stage 1
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text", "id"))
+    results = run(data_dir, tmp_path / "run", "--max_steps", "1")
+    assert sorted(results["stages"]) == ["1", "3"] and results["stages"]["3"]["modalities"] == ["text", "id"]
+    assert "Stage 2 adds ['vision']" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no finished stage 1: run it first \\(--stages 1,3\\)"):
+        run(data_dir, tmp_path / "other", "--stages", "2,3", "--max_steps", "1")
+
+
+def test_ablation_dropping_a_modality_keeps_its_stage(data_dir, tmp_path):
+    # a w/o-vision run trains as many stages, hence steps, as the full run it is compared with
+    results = run(data_dir, tmp_path, "--stages", "1,2", "--max_steps", "1", "--drop_modalities", "vision")
+    assert sorted(results["stages"]) == ["1", "2"] and results["stages"]["2"]["modalities"] == ["text"]
+
+
+def test_a_train_subset_is_a_seeded_sample_of_the_whole_split():
+    # the split is stored in sequence order, so its head would be a few users' sessions
+    train = Dataset.from_dict({"sequence_id": [i // 10 for i in range(200)]})
+    subset = train_subset(train, 20, seed=0)
+    assert len(subset) == 20 and len(set(subset["sequence_id"])) > 5
+    assert subset["sequence_id"] == train_subset(train, 20, seed=0)["sequence_id"]
+    assert train_subset(train, None, seed=0) is train and train_subset(train, 500, seed=0) is train
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,13 @@ import torch
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from datasets_builder.build import load_built_dataset
+from datasets_builder.build import load_built_dataset, train_subset
 from datasets_builder.features import files_revision, load_item_features
 from modeling_speeder import MODALITIES
 from modeling_speeder.backbones import build_speeder_model
@@ -27,7 +28,8 @@ from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTCon
 from .collator import ItemFeatureTable, SpeederCollator
 from .evaluation import evaluate_ppt, evaluate_recommendation
 from .reporting import plot_training_curve, results_table, write_log
-from .stages import STAGES, Stage, apply_stage, check_frozen_unchanged, frozen_fingerprints
+from .stages import (STAGES, Stage, apply_stage, check_frozen_unchanged, frozen_fingerprints,
+                     introduced_modalities)
 
 MODULES_TO_SAVE = ["item_encoder", "history_position_embeddings"]
 RUN_CONFIG = "run_config.json"
@@ -111,9 +113,7 @@ def check_run_config(run_dir: Path, config: dict) -> None:
 
 def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int | None) -> Dataset:
     """Recommendation rows plus `ppt_per_sequence` PPT rows per sequence, shuffled together."""
-    rec = sequences["train"]
-    if max_samples is not None:
-        rec = rec.select(range(min(max_samples, len(rec))))
+    rec = train_subset(sequences["train"], max_samples, seed)
     features = Features({"history": List(Value("int64")), "candidates": List(Value("int64")), "label": Value("int64"),
                          "ppt_positions": List(Value("int64")), "ppt_label": Value("string")})
     rec = rec.select_columns(["history", "candidates", "label"])
@@ -136,6 +136,18 @@ def load_features(data_dir: str, args: SpeederArguments) -> ItemFeatureTable:
     loaded = {m: (f, p.bool()) for m, (f, p) in load_item_features(data_dir, modalities=tuple(on_disk)).items()
               if p.any()}
     return ItemFeatureTable({m: f for m, (f, _) in loaded.items()}, {m: p for m, (_, p) in loaded.items()})
+
+
+def modalities_in_data(data_dir: str) -> set[str]:
+    """The modalities DATA_DIR has a feature file for, with at least one present item (ablations aside)."""
+    found = set()
+    for modality in MODALITIES:
+        path = Path(data_dir) / "features" / f"{modality}.safetensors"
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                if f.get_tensor("present").any():
+                    found.add(modality)
+    return found
 
 
 def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, previous_adapter: Path | None):
@@ -236,6 +248,7 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
                                                 "data": data_fingerprint(args.data_dir, modalities)})
     data, _, _ = load_built_dataset(args.data_dir)
     features = load_features(args.data_dir, args)
+    in_data = modalities_in_data(args.data_dir)
     stage_metrics, skipped = {}, []
     for number in args.stage_numbers:
         stage = STAGES[number]
@@ -246,6 +259,13 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
             continue
         if not stage_modalities(stage, features):
             print(f"Stage {number}: none of its modalities {list(stage.modalities)} have features: skipped.")
+            skipped.append(number)
+            continue
+        new = introduced_modalities(stage)
+        if not set(new) & in_data:
+            # it would train on the previous stage's data again; an ablation that drops a modality the data has
+            # keeps the stage, so that it trains as many steps as the run it is compared with
+            print(f"Stage {number} adds {list(new)}, which {args.data_dir} has no features for: skipped.")
             skipped.append(number)
             continue
         previous = _previous_adapter(run_dir, number, args, skipped)
@@ -276,7 +296,8 @@ def _previous_adapter(run_dir: Path, number: int, args: SpeederArguments, skippe
         return run_dir / f"stage{max(earlier)}" / "adapter"
     if number == 1 or args.ablation in STAGE_SKIPPING_ABLATIONS or set(range(1, number)) <= set(skipped):
         return None
+    needed = max(n for n in range(1, number) if n not in skipped)
     raise ValueError(
-        f"Stage {number} starts from stage {number - 1}'s weights, but {run_dir} has no finished stage {number - 1}: "
-        f"run it first (--stages {number - 1},{number}), or start fresh with --ablation wo_stage1 / wo_stages12."
+        f"Stage {number} starts from stage {needed}'s weights, but {run_dir} has no finished stage {needed}: "
+        f"run it first (--stages {needed},{number}), or start fresh with --ablation wo_stage1 / wo_stages12."
     )

@@ -47,6 +47,12 @@ STAGES = {
 }
 
 
+def introduced_modalities(stage: Stage) -> tuple[str, ...]:
+    """The modalities `stage` adds to the previous stage of the table (stage 1: text, 2: vision, 3: id)."""
+    previous = STAGES.get(stage.number - 1)
+    return tuple(m for m in stage.modalities if previous is None or m not in previous.modalities)
+
+
 def parse_stages(value: str) -> list[int]:
     """'1,2,3' → [1, 2, 3]; raises ValueError on unknown or unordered stage numbers."""
     try:
