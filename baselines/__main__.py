@@ -1,4 +1,4 @@
-"""`python -m baselines DATA_DIR --models sasrec,gru4rec,bert4rec,llara,zero_shot`: run each, print the test results.
+"""`python -m baselines DATA_DIR --models pop,sasrec,gru4rec,bert4rec,llara,zero_shot`: run each, print test results.
 
 ID models train here; `llara` (title + SASRec token, trained with LoRA) and `zero_shot` (the untuned backbone)
 run on `--backbone`, answer by generating a title, and are scored the paper's way (ValidRatio, HR@1, VHR@1)."""

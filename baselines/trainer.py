@@ -18,10 +18,13 @@ from .bert4rec import BERT4Rec
 from .data import build_train_windows, load_baseline_data
 from .evaluator import evaluate_pools
 from .gru4rec import GRU4Rec
+from .pop import Pop
 from .sasrec import SASRec
 
 LOGGED = ("hr@1", "ndcg@5")  # valid metrics kept per epoch in the history
-MODELS: dict[str, type[SequentialRecommender]] = {"sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec}
+MODELS: dict[str, type[SequentialRecommender]] = {
+    "pop": Pop, "sasrec": SASRec, "gru4rec": GRU4Rec, "bert4rec": BERT4Rec,
+}
 
 
 @dataclass

@@ -40,9 +40,9 @@ step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, 
 
 BACKBONE=$(setting backbone)
 TRAIN_SAMPLES=$(setting max_train_samples)
-step "2. Baselines on the same stored pools: GRU4Rec, BERT4Rec (SASRec came with the ID features), LLaRA-style
+step "2. Baselines on the same stored pools: Pop, GRU4Rec, BERT4Rec (SASRec came with the ID features), LLaRA-style
    (same backbone, LoRA budget and training samples as Speeder) and the untuned backbone zero-shot"
-for model in gru4rec bert4rec llara zero_shot; do
+for model in pop gru4rec bert4rec llara zero_shot; do
     [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs "${BASELINE_EPOCHS:-80}" --patience 10 \
         --no-progress --backbone "$BACKBONE" --max-history "$MAX_HISTORY" --max-train-samples "$TRAIN_SAMPLES"
 done

@@ -16,6 +16,7 @@ from baselines import (
     SASRec,
     SASRecConfig,
     build_train_windows,
+    load_baseline_data,
     pad_histories,
     train_baseline,
 )
@@ -95,6 +96,21 @@ def test_baseline_learns_planted_next_item_pattern(planted_dir, name, overrides)
     assert result.valid_metrics["hr@1"] == max(h["valid_hr@1"] for h in result.history)
 
 
+def test_pop_ranks_by_next_item_frequency_whatever_the_history(planted_dir):
+    result = train_baseline("pop", planted_dir, seed=0, epochs=30, patience=30, batch_size=32, show_progress=False)
+    splits, _ = load_baseline_data(planted_dir)
+    windows = build_train_windows(splits["train"], result.model.max_history_length + 1)
+    counts = torch.bincount(windows[:, 1:][windows[:, 1:] >= 0], minlength=NUM_ITEMS)
+    scores = result.item_embeddings.squeeze(1)
+    frequent, rare = counts.argmax(), counts.argmin()
+    assert counts[frequent] > counts[rare] and scores[frequent] > scores[rare]
+    assert torch.corrcoef(torch.stack([scores, counts.float()]))[0, 1] > 0.8
+    candidates = torch.tensor([[frequent, rare]] * 2)
+    with torch.no_grad():
+        ranked = result.model.score_candidates(pad_histories([[1, 2, 3], [7]], 8), candidates)
+    assert torch.equal(ranked[0], ranked[1]) and ranked[0, 0] > ranked[0, 1]
+
+
 def test_same_seed_gives_same_model_and_metrics(planted_dir):
     first, second, other = (
         train_baseline("sasrec", planted_dir, seed=seed, epochs=2, **TINY, **TINY_ATTENTION) for seed in (3, 3, 4)
@@ -116,7 +132,8 @@ def test_training_leaves_callers_random_state_alone(planted_dir):
 def test_item_embeddings_are_the_item_table_in_item_index_order(planted_dir, name):
     result = train_baseline(name, planted_dir, epochs=1, hidden_size=8, max_seq_length=8, show_progress=False)
     emb = result.item_embeddings
-    assert emb.shape == (NUM_ITEMS, 8) and emb.dtype == torch.float32 and emb.device.type == "cpu"
+    width = 1 if name == "pop" else 8  # Pop's item table is one score per item
+    assert emb.shape == (NUM_ITEMS, width) and emb.dtype == torch.float32 and emb.device.type == "cpu"
     # the score of candidate i is the sequence representation against row i (+ BERT4Rec's output bias)
     model = result.model
     histories = pad_histories([[1, 2, 3], [7]], model.max_history_length)
@@ -147,7 +164,7 @@ def test_early_stopping_stops_after_patience_epochs_without_better_valid_hr1(pla
 
 
 def test_unknown_name_lists_valid_names(planted_dir):
-    with pytest.raises(ValueError, match=r"valid names: \['bert4rec', 'gru4rec', 'sasrec'\]"):
+    with pytest.raises(ValueError, match=r"valid names: \['bert4rec', 'gru4rec', 'pop', 'sasrec'\]"):
         train_baseline("caser", planted_dir)
 
 

@@ -16,7 +16,7 @@ def test_main_job_runs_end_to_end_on_the_tiny_config(tmp_path):
                             timeout=1500)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     data, run = tmp_path / "data" / "ml-100k", tmp_path / "runs" / "tiny"
-    assert {p.stem for p in (data / "baselines").glob("*.json")} >= {"sasrec", "gru4rec", "bert4rec", "llara",
+    assert {p.stem for p in (data / "baselines").glob("*.json")} >= {"pop", "sasrec", "gru4rec", "bert4rec", "llara",
                                                                        "zero_shot"}
     assert json.loads((run / "results.json").read_text())["final_stage"] == 3
     assert (tmp_path / "hub" / "speeder-ml100k-tiny" / "item_embeddings.safetensors").is_file()

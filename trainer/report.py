@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .reporting import format_row  # noqa: E402
 
-BASELINE_NAMES = {"gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec", "llara": "LLaRA-style",
-                  "zero_shot": "Backbone, zero-shot"}
+BASELINE_NAMES = {"pop": "Pop (popularity)", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
+                  "llara": "LLaRA-style", "zero_shot": "Backbone, zero-shot"}
 
 
 def _read(path: Path) -> dict | None:
