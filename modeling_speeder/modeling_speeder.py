@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import cached_file, logging
 
 from .configuration_speeder import MODALITIES, SpeederConfig
@@ -23,6 +23,8 @@ logger = logging.get_logger(__name__)
 
 ITEM_CACHE_FILE = "item_embeddings.safetensors"
 ITEM_TABLE_FILE = "item_table.jsonl"
+# transformers 5.24 renamed the key/value cache argument and output field from `past_key_values` to `cache`.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 ITEM_INPUTS = (
     "item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions"
 )
@@ -36,14 +38,9 @@ class SpeederModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class SpeederCausalLMOutputWithPast(ModelOutput):
-    """Language-model outputs of [`SpeederForSequentialRec`]; `loss` is next-token cross-entropy on labelled tokens."""
+class SpeederCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the `item_embeddings` that were spliced in; `loss` is on labelled tokens."""
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor] | None = None
-    attentions: tuple[torch.FloatTensor] | None = None
     item_embeddings: torch.FloatTensor | None = None
 
 
@@ -194,7 +191,7 @@ class SpeederPreTrainedModel(PreTrainedModel):
     config_class = SpeederConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -280,7 +277,7 @@ class SpeederModel(SpeederPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         item_embeddings: torch.FloatTensor | None = None,
         text_features: torch.FloatTensor | None = None,
@@ -289,8 +286,11 @@ class SpeederModel(SpeederPreTrainedModel):
         modality_mask: torch.BoolTensor | None = None,
         history_positions: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SpeederModelOutputWithPast:
+        """`cache` is the key/value cache; `past_key_values` is its name before transformers 5.24."""
+        cache = cache if cache is not None else past_key_values
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -300,7 +300,7 @@ class SpeederModel(SpeederPreTrainedModel):
         # `prepare_inputs_for_generation`): an `<item>` token the model generated is embedded as a plain token.
         has_items = input_ids is not None and bool((input_ids == self.config.item_token_id).any())
         item_inputs = (item_embeddings, text_features, vision_features, id_features)
-        decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        decoding = cache is not None and cache.get_seq_length() > 0
         has_items = has_items and not (decoding and all(x is None for x in item_inputs))
         if has_items:
             if item_embeddings is None:
@@ -317,14 +317,14 @@ class SpeederModel(SpeederPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         return SpeederModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             item_embeddings=item_embeddings if has_items else None,
@@ -456,7 +456,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         item_embeddings: torch.FloatTensor | None = None,
         text_features: torch.FloatTensor | None = None,
@@ -467,14 +467,16 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SpeederCausalLMOutputWithPast:
-        r"""labels (`(batch, seq_len)`, -100 = ignored): next-token targets, shifted inside the loss."""
+        r"""labels (`(batch, seq_len)`, -100 = ignored): next-token targets, shifted inside the loss. `cache` is the
+        key/value cache (`past_key_values` before transformers 5.24)."""
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             item_embeddings=item_embeddings,
             text_features=text_features,
@@ -496,7 +498,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         return SpeederCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             item_embeddings=outputs.item_embeddings,
