@@ -91,26 +91,6 @@ class SpeederMoMELayer(nn.Module):
         return self.expert_norm(self.dropout(expert_out)) + hidden_states
 
 
-class SpeederModalityAdapter(nn.Module):
-    """`A_m`: one modality's feature `(num_items, feature_size)` → its MoME token `(num_items, d_f)`, layer-normed.
-
-    The norm puts every modality on one scale whatever its encoder's: unit-norm MiniLM titles otherwise enter MoME
-    ~3x larger than SASRec rows and drown them in the pooled item embedding.
-    """
-
-    def __init__(self, feature_size: int, config: SpeederConfig):
-        super().__init__()
-        self.proj = nn.Linear(feature_size, config.fusion_hidden_size)
-        self.norm = nn.LayerNorm(config.fusion_hidden_size)
-
-    @property
-    def in_features(self) -> int:
-        return self.proj.in_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(features.to(self.proj.weight.dtype)))
-
-
 class SpeederModalityGate(nn.Module):
     """`e = act(A_tan e + b) ⊙ e` on a non-text modality (MPO stage 2), `(num_items, d_f)` → `(num_items, d_f)`.
 
@@ -141,7 +121,7 @@ class SpeederItemEncoder(nn.Module):
         super().__init__()
         self.modalities = list(config.modalities)
         self.adapters = nn.ModuleDict(
-            {m: SpeederModalityAdapter(config.feature_size(m), config) for m in self.modalities}
+            {m: nn.Linear(config.feature_size(m), config.fusion_hidden_size) for m in self.modalities}
         )
         gated = [m for m in self.modalities if m != "text"] if config.gate_type != "none" else []
         self.gates = nn.ModuleDict({m: SpeederModalityGate(config) for m in gated})
@@ -173,8 +153,9 @@ class SpeederItemEncoder(nn.Module):
                     raise ValueError(f"modality_mask marks {modality!r} present but no {modality}_features were given.")
                 feature = torch.zeros(
                     present.shape[0], self.adapters[modality].in_features, device=present.device,
+                    dtype=self.adapters[modality].weight.dtype,
                 )
-            token = self.adapters[modality](feature)
+            token = self.adapters[modality](feature.to(self.adapters[modality].weight.dtype))
             if modality in self.gates:
                 token = self.gates[modality](token)
             tokens.append(token)
