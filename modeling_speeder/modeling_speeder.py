@@ -457,7 +457,8 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache if cache is not None else past_key_values,
+            cache=cache,
+            past_key_values=past_key_values,  # `SpeederModel.forward` merges the two names
             inputs_embeds=inputs_embeds,
             item_embeddings=item_embeddings,
             text_features=text_features,
