@@ -118,6 +118,26 @@ def test_tanh_gate_starts_closed_and_opens_after_one_step():
         assert not torch.allclose(model(**batch).logits, model(**other_vision).logits)
 
 
+def test_aligned_item_embeddings_have_the_token_embeddings_mean_and_variance():
+    model, _ = tiny_model()
+    inputs = item_inputs(60, seed=3)
+    tokens = model.get_input_embeddings().weight.detach()
+    token_mean = tokens.mean(0)
+    with torch.no_grad():
+        before = model.encode_items(**{k: v for k, v in inputs.items() if k != "history_positions"})
+    assert not torch.allclose(before.mean(0), token_mean, atol=1e-3)
+    statistics = model.model.align_item_embeddings(**{k: v for k, v in inputs.items() if k != "history_positions"})
+    with torch.no_grad():
+        after = model.encode_items(**{k: v for k, v in inputs.items() if k != "history_positions"})
+    assert torch.allclose(after.mean(0), token_mean, atol=1e-4)
+    variance = (after - after.mean(0)).pow(2).sum(-1).mean()
+    assert variance.item() == pytest.approx(statistics["token_variance"], rel=1e-4)
+    assert variance.item() == pytest.approx((tokens - token_mean).pow(2).sum(-1).mean().item(), rel=1e-4)
+    one_item = {k: v[:1] for k, v in inputs.items() if k != "history_positions"}
+    with pytest.raises(ValueError, match="at least 2 items"):
+        model.model.align_item_embeddings(**one_item)
+
+
 def test_history_positions_reach_history_items_only(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     items = torch.randn(5, model.config.hidden_size)

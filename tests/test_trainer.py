@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from datasets_builder.build import train_subset
 from metrics import compute_choice_metrics, compute_ranking_metrics
-from trainer.arguments import ABLATIONS, SpeederArguments
+from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.collator import IGNORE_INDEX
 from trainer.pipeline import SpeederSFTTrainer, build_model, load_features, training_rows, warmup_cosine
 from trainer.run import main
@@ -256,6 +256,39 @@ def test_metrics_on_hand_made_predictions():
     assert ranking["hr@2"] == pytest.approx(1.0)
     assert ranking["ndcg@2"] == pytest.approx((1 + 1 / torch.log2(torch.tensor(3.0)).item() * 2) / 3)
     assert ranking["vhr@1"] == ranking["hr@1"] and ranking["valid_ratio"] == 1.0
+
+
+@pytest.mark.parametrize("item_lr, expected", [(None, 1e-4), (3e-4, 3e-4)])
+def test_item_encoder_and_lora_train_at_their_own_learning_rates(data_dir, tmp_path, item_lr, expected):
+    args = tiny_args(data_dir, item_encoder_learning_rate=item_lr)
+    model, tokenizer = build_model(args, load_features(str(data_dir), args), 0, None)
+    apply_stage(model, STAGES[3])
+    trainer = SpeederSFTTrainer(model=model, args=SpeederSFTConfig(output_dir=str(tmp_path), learning_rate=1e-3,
+                                                                    report_to="none"),
+                                train_dataset=Dataset.from_list([{"history": [0]}]), processing_class=tokenizer,
+                                speeder_args=args)
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert {lr_of[id(p)] for n, p in named if "lora_" in n} == {1e-3}
+    assert {lr_of[id(p)] for n, p in named if "lora_" not in n} == {expected}
+    assert any("history_position_embeddings" in n for n, _ in named) and any("item_encoder" in n for n, _ in named)
+    assert optimizer.param_groups[0]["lr"] == 1e-3  # the learning rate the Trainer logs is LoRA's
+
+
+def test_a_fresh_first_stage_starts_from_aligned_item_embeddings(data_dir):
+    args = tiny_args(data_dir)
+    features = load_features(str(data_dir), args)
+    model, _ = build_model(args, features, 0, None, align_modalities=("text",))
+    speeder = model.get_base_model()
+    inputs = features.gather(torch.arange(features.num_items), ("text",))
+    with torch.no_grad():
+        items = speeder.encode_items(**inputs)
+    token_mean = speeder.get_input_embeddings().weight.mean(0)
+    assert torch.allclose(items.mean(0), token_mean, atol=1e-4)
+    unaligned, _ = build_model(tiny_args(data_dir, align_item_embeddings=False), features, 0, None, ("text",))
+    with torch.no_grad():
+        assert not torch.allclose(unaligned.get_base_model().encode_items(**inputs).mean(0), token_mean, atol=1e-3)
 
 
 def test_learning_rate_warms_up_from_one_hundredth_then_decays():

@@ -54,6 +54,17 @@ class SpeederArguments:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated module names."})
+    item_encoder_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak LR of the item encoder and the PPL table (default: learning_rate / 10; LoRA gets "
+                          "learning_rate). A fresh encoder at the LoRA rate scrambles the item geometry the "
+                          "backbone reads before LoRA learns to use it."},
+    )
+    align_item_embeddings: bool = field(
+        default=True,
+        metadata={"help": "Before a fresh first stage, scale and shift the item encoder's output to the backbone's "
+                          "token-embedding mean and variance (see SpeederModel.align_item_embeddings)."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on recommendation samples per stage."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on valid/test samples evaluated."})
     eval_batch_size: int = 16
@@ -74,6 +85,8 @@ class SpeederArguments:
             raise ValueError(f"gate_type must be one of {list(GATE_TYPES)}, got {self.gate_type!r}.")
         if self.ppt_per_sequence < 0:
             raise ValueError(f"ppt_per_sequence must be >= 0, got {self.ppt_per_sequence}.")
+        if self.item_encoder_learning_rate is not None and self.item_encoder_learning_rate < 0:
+            raise ValueError(f"item_encoder_learning_rate must be >= 0, got {self.item_encoder_learning_rate}.")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
         return self

@@ -33,6 +33,7 @@ from .stages import (STAGES, Stage, apply_stage, check_frozen_unchanged, frozen_
 
 MODULES_TO_SAVE = ["item_encoder", "history_position_embeddings"]
 RUN_CONFIG = "run_config.json"
+ALIGN_MAX_ITEMS = 8192  # items whose embeddings set the alignment statistics (a seeded sample of larger catalogues)
 STAGE_DONE = "stage_metrics.json"
 
 
@@ -50,6 +51,28 @@ class SpeederSFTTrainer(SFTTrainer):
     def __init__(self, *args, eval_collator=None, eval_sets=None, speeder_args=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator, self.eval_sets, self.speeder_args = eval_collator, eval_sets or {}, speeder_args
+
+    def create_optimizer(self, model=None):
+        """The configured optimizer (`--optim`) with two peak learning rates: `learning_rate` for LoRA, and
+        `item_encoder_learning_rate` for the item encoder and the PPL table; weight decay as the Trainer applies it."""
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            item_lr = self.speeder_args.item_encoder_learning_rate
+            item_lr = self.args.learning_rate / 10 if item_lr is None else item_lr
+            groups: dict[tuple[float, float], list] = {}
+            for name, parameter in opt_model.named_parameters():
+                if parameter.requires_grad:
+                    lr = self.args.learning_rate if "lora_" in name else item_lr
+                    weight_decay = self.args.weight_decay if name in decay else 0.0
+                    groups.setdefault((lr, weight_decay), []).append(parameter)
+            # LoRA's groups first: the Trainer logs the first group's learning rate
+            ordered = sorted(groups.items(), key=lambda item: item[0][0] != self.args.learning_rate)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(
+                [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in ordered], **optimizer_kwargs
+            )
+        return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -150,8 +173,12 @@ def modalities_in_data(data_dir: str) -> set[str]:
     return found
 
 
-def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, previous_adapter: Path | None):
-    """The Speeder model (seeded, so every stage rebuilds identical base weights) wrapped with LoRA."""
+def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, previous_adapter: Path | None,
+                align_modalities: tuple[str, ...] = ()):
+    """The Speeder model (seeded, so every stage rebuilds identical base weights) wrapped with LoRA.
+
+    A fresh model (no `previous_adapter`) with `align_modalities` has its item encoder's output aligned to the
+    backbone's token embeddings on the items' features of those modalities (`--align_item_embeddings`)."""
     set_seed(seed)
     sizes = {f"{m}_feature_size": features.features[m].shape[1] for m in features.features}
     model, tokenizer = build_speeder_model(
@@ -175,6 +202,14 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
         raise ValueError(f"lora_target_modules {unknown} are not in the backbone; its linear layers are {linear}.")
     if previous_adapter is not None:
         return PeftModel.from_pretrained(model, previous_adapter, is_trainable=True), tokenizer
+    if args.align_item_embeddings and align_modalities:
+        # before PEFT wraps it, so that the trainable copy of the encoder starts aligned
+        usable = torch.stack([features.present[m] for m in align_modalities if m in features.present]).any(0)
+        items = usable.nonzero().flatten()
+        items = items[torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:ALIGN_MAX_ITEMS]]
+        statistics = model.model.align_item_embeddings(**features.gather(items, align_modalities))
+        print(f"Item embeddings aligned to the backbone's token embeddings on {len(items)} items: "
+              f"scale {statistics['scale']:.3g}, token mean norm {statistics['token_mean_norm']:.3g}")
     modules_to_save = [m for m in MODULES_TO_SAVE if getattr(model.model, m, None) is not None]
     lora = LoraConfig(
         r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
@@ -190,9 +225,9 @@ def stage_modalities(stage: Stage, features: ItemFeatureTable) -> tuple[str, ...
 def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTConfig, data, features, run_dir: Path,
               previous_adapter: Path | None) -> dict:
     stage_dir = run_dir / f"stage{stage.number}"
-    model, tokenizer = build_model(args, features, training_args.seed, previous_adapter)
-    trainable = apply_stage(model, stage)
     modalities = stage_modalities(stage, features)
+    model, tokenizer = build_model(args, features, training_args.seed, previous_adapter, align_modalities=modalities)
+    trainable = apply_stage(model, stage)
     collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features, modalities, args.max_history)
     rows = training_rows(data, args, training_args.seed, args.max_train_samples)
     features.check_items({i for row in rows for i in row["history"] + row["candidates"]}, modalities)
