@@ -22,6 +22,9 @@ class SpeederConfig(PretrainedConfig):
         modalities (`list[str]`): modalities the item encoder has adapters and experts for, a subset of
             `("text", "vision", "id")`.
         text_feature_size, vision_feature_size, id_feature_size (`int`): width of each pre-computed feature.
+        normalize_features (`bool`): scale each item's feature vector to unit RMS before its modality adapter, so that
+            modalities from different encoders enter on one scale (MiniLM titles have norm 1, SASRec rows ~0.4) and a
+            gate's input is of order 1; a tanh gate on a small input barely opens.
         fusion_hidden_size (`int`): width `d_f` of the Mixture of Modality Experts (MoME).
         fusion_num_attention_heads (`int`): heads of MoME's shared self-attention; must divide `fusion_hidden_size`.
         fusion_intermediate_size (`int`): inner width of every expert FFN.
@@ -44,6 +47,7 @@ class SpeederConfig(PretrainedConfig):
     text_feature_size: int = 384
     vision_feature_size: int = 1280
     id_feature_size: int = 64
+    normalize_features: bool = True
     fusion_hidden_size: int = 256
     fusion_num_attention_heads: int = 4
     fusion_intermediate_size: int = 1024

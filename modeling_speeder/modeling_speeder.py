@@ -113,13 +113,15 @@ class SpeederModalityGate(nn.Module):
 class SpeederItemEncoder(nn.Module):
     """Multimodal Representation Compression: modality features → one LLM-width embedding per item (Eq. 1-10).
 
-    Modality adapters `A_m` map each feature to `d_f`; non-text modalities pass a gate; MoME fuses the present
+    Each feature is scaled to unit RMS (`config.normalize_features`), modality adapters `A_m` map it to `d_f`;
+    non-text modalities pass a gate; MoME fuses the present
     modality tokens; their mean is mapped by the feed-forward adapter `A_f` to the LLM hidden size.
     """
 
     def __init__(self, config: SpeederConfig):
         super().__init__()
         self.modalities = list(config.modalities)
+        self.normalize_features = config.normalize_features
         self.adapters = nn.ModuleDict(
             {m: nn.Linear(config.feature_size(m), config.fusion_hidden_size) for m in self.modalities}
         )
@@ -135,9 +137,12 @@ class SpeederItemEncoder(nn.Module):
             nn.Linear(config.hidden_size, config.hidden_size),
         )
 
-    def forward(self, features: dict[str, torch.Tensor | None], modality_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: dict[str, torch.Tensor | None], modality_mask: torch.Tensor, open_gates: bool = False
+    ) -> torch.Tensor:
         """features: modality → `(num_items, feature_size)` or None; modality_mask `(num_items, 3)` bool in the order
-        `("text", "vision", "id")`. Returns `(num_items, hidden_size)`."""
+        `("text", "vision", "id")`; `open_gates` passes gated modalities through unchanged, as a fully open gate
+        would. Returns `(num_items, hidden_size)`."""
         present = torch.stack([modality_mask[:, MODALITIES.index(m)] for m in self.modalities], dim=1).bool()
         if not present.any(dim=1).all():
             missing = (~present.any(dim=1)).nonzero().flatten().tolist()
@@ -155,8 +160,11 @@ class SpeederItemEncoder(nn.Module):
                     present.shape[0], self.adapters[modality].in_features, device=present.device,
                     dtype=self.adapters[modality].weight.dtype,
                 )
-            token = self.adapters[modality](feature.to(self.adapters[modality].weight.dtype))
-            if modality in self.gates:
+            feature = feature.to(self.adapters[modality].weight.dtype)
+            if self.normalize_features:  # unit RMS: every modality enters on one scale, whatever its encoder
+                feature = feature * torch.rsqrt(feature.pow(2).mean(-1, keepdim=True) + 1e-12)
+            token = self.adapters[modality](feature)
+            if modality in self.gates and not open_gates:
                 token = self.gates[modality](token)
             tokens.append(token)
         hidden_states = torch.stack(tokens, dim=1)
@@ -219,6 +227,7 @@ class SpeederModel(SpeederPreTrainedModel):
         vision_features: torch.Tensor | None = None,
         id_features: torch.Tensor | None = None,
         modality_mask: torch.Tensor | None = None,
+        open_gates: bool = False,
     ) -> torch.Tensor:
         """One embedding per item, `(num_items, hidden_size)`, without history positions."""
         features = {"text": text_features, "vision": vision_features, "id": id_features}
@@ -227,7 +236,7 @@ class SpeederModel(SpeederPreTrainedModel):
             device = next(f.device for f in features.values() if f is not None)
             modality_mask = torch.tensor([features[m] is not None for m in MODALITIES], device=device)
             modality_mask = modality_mask.expand(num_items, -1)
-        return self.item_encoder(features, modality_mask)
+        return self.item_encoder(features, modality_mask, open_gates=open_gates)
 
     @torch.no_grad()
     def align_item_embeddings(
@@ -243,22 +252,27 @@ class SpeederModel(SpeederPreTrainedModel):
 
         Why: the backbone's attention only works on vectors that look like its tokens. Soft tokens with the tokens'
         mean and spread learn to copy a history item within 60 steps on SmolLM2; zero-mean random vectors of the same
-        norm, or a fresh encoder's output, stay at chance. Returns the applied `scale` and the matched statistics.
+        norm, or a fresh encoder's output, stay at chance. When every given modality is behind a closed gate (a
+        zero-init tanh gate on an ID-only run) all items encode alike, and the spread is measured with the gates open.
+        Returns the applied `scale` and the matched statistics.
         """
         tokens = self.get_input_embeddings().weight.float()
         token_mean = tokens.mean(0)
         token_variance = (tokens - token_mean).pow(2).sum(-1).mean()
         was_training = self.item_encoder.training
         self.item_encoder.eval()
+        features = (text_features, vision_features, id_features, modality_mask)
         try:
-            items = self.encode_items(text_features, vision_features, id_features, modality_mask).float()
+            items = self.encode_items(*features).float()
+            if items.shape[0] < 2:
+                raise ValueError(f"align_item_embeddings needs features of at least 2 items, got {items.shape[0]}.")
+            if not (items - items.mean(0)).pow(2).sum(-1).mean() > 1e-6 * token_variance:
+                items = self.encode_items(*features, open_gates=True).float()
         finally:
             self.item_encoder.train(was_training)
-        if items.shape[0] < 2:
-            raise ValueError(f"align_item_embeddings needs features of at least 2 items, got {items.shape[0]}.")
         item_mean = items.mean(0)
         item_variance = (items - item_mean).pow(2).sum(-1).mean()
-        if not item_variance > 0:
+        if not item_variance > 1e-6 * token_variance:
             raise ValueError("All given items encode to the same embedding: pass features of distinct items.")
         scale = (token_variance / item_variance).sqrt()
         last = self.item_encoder.output_adapter[-1]

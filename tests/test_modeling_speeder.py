@@ -138,6 +138,22 @@ def test_aligned_item_embeddings_have_the_token_embeddings_mean_and_variance():
         model.model.align_item_embeddings(**one_item)
 
 
+def test_items_behind_closed_gates_align_on_their_open_gate_spread():
+    # ID only behind a zero-init tanh gate: every item encodes alike until the gate opens
+    model, _ = tiny_model(gate_type="tanh")
+    id_only = torch.tensor([[False, False, True]]).expand(40, -1)
+    inputs = {k: v for k, v in item_inputs(40, modality_mask=id_only, seed=5).items() if k == "id_features"}
+    inputs["modality_mask"] = id_only
+    with torch.no_grad():
+        closed = model.encode_items(**inputs)
+    assert torch.allclose(closed, closed[:1].expand_as(closed))
+    statistics = model.model.align_item_embeddings(**inputs)
+    with torch.no_grad():
+        opened = model.model.encode_items(**inputs, open_gates=True)
+    variance = (opened - opened.mean(0)).pow(2).sum(-1).mean()
+    assert variance.item() == pytest.approx(statistics["token_variance"], rel=1e-4)
+
+
 def test_history_positions_reach_history_items_only(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     items = torch.randn(5, model.config.hidden_size)
@@ -230,7 +246,7 @@ def test_sft_trainer_steps_train_every_speeder_part(tmp_path):
                 parameter.normal_(std=0.02)
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     args = SpeederSFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
-                            report_to="none", save_strategy="no", logging_steps=1, warmup_steps=0)
+                            bf16=False, report_to="none", save_strategy="no", logging_steps=1, warmup_steps=0)
     trainer = SFTTrainer(model=peft_model, args=args, train_dataset=rows, data_collator=collator,
                          processing_class=tokenizer)
     batch = collator([rows[i] for i in range(8)])
