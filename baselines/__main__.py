@@ -46,7 +46,8 @@ def run_llm_baseline(name: str, args) -> dict:
     common = dict(backbone=args.backbone, max_history=args.max_history, max_eval_samples=args.max_eval_samples)
     if name == "zero_shot":
         return zero_shot(args.data_dir, **common)
-    return train_llara(args.data_dir, seed=args.seed, max_train_samples=args.max_train_samples, **common)
+    return train_llara(args.data_dir, seed=args.seed, max_train_samples=args.max_train_samples,
+                       prefix_min_history=args.prefix_min_history, num_train_epochs=args.llm_epochs, **common)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     llm.add_argument("--max-history", type=int, default=10, help="history items in the prompt (default 10)")
     llm.add_argument("--max-train-samples", type=int, default=None, help="llara: training sequences (default all)")
     llm.add_argument("--max-eval-samples", type=int, default=None, help="test samples scored (default all)")
+    llm.add_argument("--prefix-min-history", type=int, default=0,
+                     help="llara: also train on history prefixes, as Speeder's --prefix_min_history (default 0: off)")
+    llm.add_argument("--llm-epochs", type=float, default=1.0, help="llara: epochs over its training rows (default 1)")
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]

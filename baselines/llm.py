@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,11 +129,11 @@ def zero_shot(data_dir, backbone: str = "smollm2-135m-instruct", max_history: in
 def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: int = 10, seed: int = 42,
                 max_train_samples: int | None = None, max_eval_samples: int | None = None, learning_rate: float = 1e-3,
                 batch_size: int = 8, lora_r: int = 8, lora_alpha: int = 16, lora_target_modules: str = "q_proj,v_proj",
-                output_dir: str | None = None) -> dict:
+                prefix_min_history: int = 0, num_train_epochs: float = 1.0, output_dir: str | None = None) -> dict:
     """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `baselines/llara.json`."""
     from datasets_builder.build import load_built_dataset, train_subset
     from trainer.arguments import SpeederArguments, SpeederSFTConfig
-    from trainer.pipeline import SpeederSFTTrainer, build_model, load_features
+    from trainer.pipeline import SpeederSFTTrainer, build_model, history_prefix_rows, load_features
     from trainer.stages import STAGES, apply_stage
 
     data_dir, started = Path(data_dir), time.time()
@@ -145,13 +146,18 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
     if "id" not in features.features:
         raise FileNotFoundError(f"{data_dir}/features/id.safetensors is missing: the LLaRA-style baseline needs SASRec "
                                 "ID features (`python -m datasets_builder features DATA_DIR --id-encoder sasrec`).")
-    model, tokenizer = build_model(args, features, seed, None)
+    # the ID projector starts aligned to the token embeddings and trains at 1/10 of LoRA's rate, as Speeder's encoder
+    model, tokenizer = build_model(args, features, seed, None, align_modalities=("id",))
     apply_stage(model, STAGES[3])  # LoRA and the whole ID projector train
     collator = LlaraCollator(LlaraPromptBuilder(tokenizer), items["title"], features, max_history)
     train = train_subset(data["train"], max_train_samples, seed)  # the same samples Speeder trains on
+    if prefix_min_history:
+        train = train.select_columns(["history", "candidates", "label"])
+        train = concatenate_datasets([train, history_prefix_rows(train, prefix_min_history, seed)]).shuffle(seed=seed)
     output_dir = output_dir or str(data_dir / "baselines" / "llara_run")
     training_args = SpeederSFTConfig(output_dir=output_dir, per_device_train_batch_size=batch_size,
-                                     num_train_epochs=1, learning_rate=learning_rate, seed=seed, save_strategy="no",
+                                     num_train_epochs=num_train_epochs, learning_rate=learning_rate, seed=seed,
+                                     save_strategy="no",
                                      report_to="none", logging_steps=4)
     trainer = SpeederSFTTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
                                 processing_class=tokenizer, speeder_args=args)
@@ -159,7 +165,8 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
     test = _split(data, "test", max_eval_samples)
     choices = generated_choices(model, collator, test, batch_size, "LLaRA-style test")
     metrics = compute_choice_metrics(choices, [int(row["label"]) for row in test])
-    report = {"model": "llara", "backbone": backbone, "train_samples": len(train), "test_metrics": metrics,
+    report = {"model": "llara", "backbone": backbone, "train_samples": len(train), "epochs": num_train_epochs,
+              "prefix_min_history": prefix_min_history, "test_metrics": metrics,
               "lora": {"r": lora_r, "alpha": lora_alpha, "target_modules": lora_target_modules},
               "wall_time_s": round(time.time() - started, 1)}
     _write(data_dir, "llara", report)

@@ -127,13 +127,16 @@ def _write_smollm2(folder: Path):
 
 
 def build_speeder_model(
-    backbone: str = "tiny", dtype: torch.dtype = torch.float32, **config_overrides
+    backbone: str = "tiny", dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+    **config_overrides,
 ) -> tuple[SpeederForSequentialRec, PreTrainedTokenizerFast]:
     """A Speeder model around a pretrained causal LM, and its tokenizer with the `<item>` token added.
 
     Args:
         backbone: a named backbone (`tiny`, `smollm2-135m-instruct`), a local folder or a Hub id.
         dtype: dtype of the whole model.
+        attn_implementation: the backbone's attention kernel ("eager", "sdpa", "flash_attention_2", ...); None lets
+            transformers choose.
         **config_overrides: [`SpeederConfig`] fields (feature sizes, fusion width, modalities, gate type, ...).
     """
     path = resolve_backbone(backbone)
@@ -141,7 +144,7 @@ def build_speeder_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN]})
-    causal_lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    causal_lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     if causal_lm.get_input_embeddings().num_embeddings < len(tokenizer):
         causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     candidate_labels = config_overrides.pop("candidate_labels", list(DEFAULT_CANDIDATE_LABELS[:5]))
@@ -154,6 +157,8 @@ def build_speeder_model(
         **config_overrides,
     )
     model = SpeederForSequentialRec(config).to(dtype)
+    if attn_implementation is not None:  # the backbone is rebuilt from its config, which does not keep the choice
+        model.set_attn_implementation(attn_implementation)
     model.model.language_model.load_state_dict(causal_lm.get_decoder().state_dict())
     model.lm_head.weight.data.copy_(causal_lm.get_output_embeddings().weight.data)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -22,7 +22,7 @@ def launch(data_dir: Path, output_dir: Path, processes: int, per_device_batch: i
                "--max_train_samples", "4",
                "--per_device_train_batch_size", str(per_device_batch), "--fusion_hidden_size", "32",
                "--fusion_intermediate_size", "64", "--max_history", "8", "--learning_rate", "1e-3",
-               "--lora_dropout", "0", "--report_to", "none", "--eval_generate", "false", "--max_eval_samples", "4",
+               "--lora_dropout", "0", "--bf16", "false", "--report_to", "none", "--eval_generate", "false", "--max_eval_samples", "4",
                "--save_strategy", "no"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)

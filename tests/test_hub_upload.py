@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory) -> Path:
     train(["--data_dir", str(data_dir), "--output_dir", str(root / "run"), "--stages", "1,3",
            "--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
            "--num_train_epochs", "1", "--max_train_samples", "24", "--ppt_per_sequence", "0.5",
-           "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--report_to", "none",
+           "--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--report_to", "none", "--bf16", "false",
            "--save_strategy", "no", "--eval_strategy", "no", "--eval_generate", "false", "--max_eval_samples", "8"])
     return root / "run"
 

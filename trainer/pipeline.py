@@ -9,7 +9,9 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -25,11 +27,11 @@ from modeling_speeder import MODALITIES
 from modeling_speeder.backbones import build_speeder_model
 
 from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTConfig
-from .collator import ItemFeatureTable, SpeederCollator
+from .collator import IGNORE_INDEX, ItemFeatureTable, SpeederCollator
 from .evaluation import evaluate_ppt, evaluate_recommendation
 from .reporting import plot_training_curve, results_table, write_log
 from .stages import (STAGES, Stage, apply_stage, check_frozen_unchanged, frozen_fingerprints,
-                     introduced_modalities)
+                     introduced_modalities, parse_stage_epochs)
 
 MODULES_TO_SAVE = ["item_encoder", "history_position_embeddings"]
 RUN_CONFIG = "run_config.json"
@@ -53,8 +55,9 @@ class SpeederSFTTrainer(SFTTrainer):
         self.eval_collator, self.eval_sets, self.speeder_args = eval_collator, eval_sets or {}, speeder_args
 
     def create_optimizer(self, model=None):
-        """The configured optimizer (`--optim`) with two peak learning rates: `learning_rate` for LoRA, and
-        `item_encoder_learning_rate` for the item encoder and the PPL table; weight decay as the Trainer applies it."""
+        """The configured optimizer (`--optim`) with two peak learning rates: `learning_rate` for LoRA and the modality
+        gates, `item_encoder_learning_rate` for the rest of the item encoder and the PPL table; weight decay as the
+        Trainer applies it."""
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             decay = set(self.get_decay_parameter_names(opt_model))
@@ -63,7 +66,8 @@ class SpeederSFTTrainer(SFTTrainer):
             groups: dict[tuple[float, float], list] = {}
             for name, parameter in opt_model.named_parameters():
                 if parameter.requires_grad:
-                    lr = self.args.learning_rate if "lora_" in name else item_lr
+                    # a gate starts shut and must open within its stage: it learns at LoRA's rate
+                    lr = self.args.learning_rate if "lora_" in name or ".gates." in name else item_lr
                     weight_decay = self.args.weight_decay if name in decay else 0.0
                     groups.setdefault((lr, weight_decay), []).append(parameter)
             # LoRA's groups first: the Trainer logs the first group's learning rate
@@ -73,6 +77,37 @@ class SpeederSFTTrainer(SFTTrainer):
                 [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in ordered], **optimizer_kwargs
             )
         return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Eq. 19: next-token cross-entropy on the labelled (answer) tokens, with TRL's entropy, token accuracy and
+        token-count metrics. Only the positions that predict a label go through the LM head: TRL's fused head scores
+        every position of the prompt where Triton is missing (a CPU), about 30% of a CPU step for one answer token."""
+        labels = inputs["labels"]
+        rows, positions = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)  # position p predicts token p + 1
+        keep, column = torch.unique(positions, return_inverse=True)
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**model_inputs, use_cache=False, logits_to_keep=keep)
+        logits = outputs.logits[rows, column].float()
+        targets = labels[:, 1:][rows, positions]
+        num_tokens = len(targets) if num_items_in_batch is None else num_items_in_batch
+        loss = F.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as TRL: DDP averages the gradients across ranks
+
+        mode = "train" if self.model.training else "eval"
+        with torch.no_grad():
+            log_probs = logits.log_softmax(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            gathered = self.accelerator.gather_for_metrics(torch.stack([
+                entropy.sum(), (logits.argmax(-1) == targets).sum().to(entropy.dtype),
+                torch.tensor(float(len(targets)), device=entropy.device)]).unsqueeze(0)).sum(0)
+        if gathered[2] > 0:
+            self._metrics[mode]["entropy"].append((gathered[0] / gathered[2]).item())
+            self._metrics[mode]["mean_token_accuracy"].append((gathered[1] / gathered[2]).item())
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -134,19 +169,47 @@ def check_run_config(run_dir: Path, config: dict) -> None:
         write_json_atomic(path, config)
 
 
-def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int | None) -> Dataset:
-    """Recommendation rows plus `ppt_per_sequence` PPT rows per sequence, shuffled together."""
+def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int | None,
+                  shuffle_seed: int | None = None) -> Dataset:
+    """Recommendation rows (with their history prefixes when `prefix_min_history` is set) plus `ppt_per_sequence`
+    PPT rows per training sequence, shuffled together with `shuffle_seed` (default `seed`). `seed` picks the
+    training subset, the same one the LLaRA-style baseline trains on."""
     rec = train_subset(sequences["train"], max_samples, seed)
+    num_sequences = len(rec)
     features = Features({"history": List(Value("int64")), "candidates": List(Value("int64")), "label": Value("int64"),
                          "ppt_positions": List(Value("int64")), "ppt_label": Value("string")})
     rec = rec.select_columns(["history", "candidates", "label"])
+    if args.prefix_min_history:
+        rec = concatenate_datasets([rec, history_prefix_rows(rec, args.prefix_min_history, seed)])
     parts = [rec.map(lambda _: {"ppt_positions": [], "ppt_label": ""}, features=features)]
     if args.ppt_per_sequence > 0 and "ppt_train" in sequences:
         ppt = sequences["ppt_train"]
-        count = min(len(ppt), int(round(args.ppt_per_sequence * len(rec))))
+        count = min(len(ppt), int(round(args.ppt_per_sequence * num_sequences)))
         ppt = ppt.shuffle(seed=seed).select(range(count)).select_columns(["history", "ppt_positions", "ppt_label"])
         parts.append(ppt.map(lambda _: {"candidates": [], "label": -1}, features=features))
-    return concatenate_datasets(parts).shuffle(seed=seed)
+    return concatenate_datasets(parts).shuffle(seed=seed if shuffle_seed is None else shuffle_seed)
+
+
+def history_prefix_rows(rows: Dataset, min_history: int, seed: int) -> Dataset:
+    """More recommendation rows from the stored ones: history item k becomes the target of the k items before it,
+    for every k >= `min_history`, as SASRec trains on every position of the same windows. The candidates are the
+    row's stored negatives (items its user never interacted with, so negatives for any of the user's targets) plus
+    that target, at a seeded random slot."""
+
+    def expand(batch):
+        out = {"history": [], "candidates": [], "label": []}
+        for row, (history, candidates, label) in enumerate(zip(batch["history"], batch["candidates"], batch["label"])):
+            negatives = [c for i, c in enumerate(candidates) if i != label]
+            rng = np.random.default_rng([seed, batch["row"][row]])
+            for k in range(min_history, len(history)):
+                slot = int(rng.integers(len(candidates)))
+                out["history"].append(history[:k])
+                out["candidates"].append(negatives[:slot] + [history[k]] + negatives[slot:])
+                out["label"].append(slot)
+        return out
+
+    indexed = rows.add_column("row", list(range(len(rows))))
+    return indexed.map(expand, batched=True, remove_columns=indexed.column_names, features=rows.features)
 
 
 def load_features(data_dir: str, args: SpeederArguments) -> ItemFeatureTable:
@@ -183,6 +246,7 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
     sizes = {f"{m}_feature_size": features.features[m].shape[1] for m in features.features}
     model, tokenizer = build_speeder_model(
         args.backbone,
+        attn_implementation=args.attn_implementation,
         modalities=list(features.features),
         max_history_length=args.max_history,
         use_history_positions=args.use_history_positions,
@@ -229,10 +293,13 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
     model, tokenizer = build_model(args, features, training_args.seed, previous_adapter, align_modalities=modalities)
     trainable = apply_stage(model, stage)
     collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features, modalities, args.max_history)
-    rows = training_rows(data, args, training_args.seed, args.max_train_samples)
+    # each stage draws its own order (and, with a fractional epoch, its own part) of the training rows
+    rows = training_rows(data, args, training_args.seed, args.max_train_samples,
+                         shuffle_seed=training_args.seed + stage.number)
     features.check_items({i for row in rows for i in row["history"] + row["candidates"]}, modalities)
     stage_args = copy.deepcopy(training_args)
     stage_args.output_dir = str(stage_dir)  # checkpoints, and TensorBoard events under runs/
+    stage_args.num_train_epochs = parse_stage_epochs(args.stage_epochs).get(stage.number, stage_args.num_train_epochs)
     before = frozen_fingerprints(model)
     trainer = SpeederSFTTrainer(
         model=model,

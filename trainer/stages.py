@@ -64,6 +64,22 @@ def parse_stages(value: str) -> list[int]:
     return numbers
 
 
+def parse_stage_epochs(value: str) -> dict[int, float]:
+    """'1=0.15,3=1' → {1: 0.15, 3: 1.0}: epochs of the named stages; raises ValueError on a bad entry."""
+    epochs = {}
+    for part in filter(None, (p.strip() for p in str(value or "").split(","))):
+        stage, _, count = part.partition("=")
+        try:
+            number, count = int(stage), float(count)
+        except ValueError:
+            number, count = None, 0.0
+        if number not in STAGES or not count > 0:
+            raise ValueError(f"stage_epochs entries are STAGE=EPOCHS with a stage from {sorted(STAGES)} and epochs > 0, "
+                             f"e.g. '1=0.15,3=1'; got {part!r}.")
+        epochs[number] = count
+    return epochs
+
+
 def apply_stage(model: nn.Module, stage: Stage) -> list[str]:
     """Sets `requires_grad` for `stage` on a PEFT-wrapped Speeder model; returns the trainable parameter names.
 
