@@ -323,13 +323,13 @@ def test_learning_rate_warms_up_from_one_hundredth_then_decays():
 
 
 def test_stage_epochs_size_each_stage(data_dir, tmp_path):
-    # 40 rows + 10 PPT rows at batch 8: 7 steps per epoch
+    # 28 training rows + 7 PPT rows (0.25 per row) at batch 8: 5 steps per epoch
     results = run(data_dir, tmp_path, "--stages", "1,2", "--stage_epochs", "1=0.5", "--num_train_epochs", "1",
                   "--ppt_per_sequence", "0.25")
     steps = {stage: max(row.get("step", 0) for row in json.loads((tmp_path / f"stage{stage}" / "log_history.json")
                                                                  .read_text())) for stage in (1, 2)}
-    assert results["stages"]["1"]["train_rows"] == results["stages"]["2"]["train_rows"] == 50
-    assert (steps[1], steps[2]) == (4, 7)
+    assert results["stages"]["1"]["train_rows"] == results["stages"]["2"]["train_rows"] == 35
+    assert (steps[1], steps[2]) == (3, 5)
 
 
 def test_results_json_is_valid(data_dir, tmp_path):
