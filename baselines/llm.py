@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from datasets import concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -133,7 +132,7 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
     """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `baselines/llara.json`."""
     from datasets_builder.build import load_built_dataset, train_subset
     from trainer.arguments import SpeederArguments, SpeederSFTConfig
-    from trainer.pipeline import SpeederSFTTrainer, build_model, history_prefix_rows, load_features
+    from trainer.pipeline import SpeederSFTTrainer, build_model, load_features, with_history_prefixes
     from trainer.stages import STAGES, apply_stage
 
     data_dir, started = Path(data_dir), time.time()
@@ -151,9 +150,7 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
     apply_stage(model, STAGES[3])  # LoRA and the whole ID projector train
     collator = LlaraCollator(LlaraPromptBuilder(tokenizer), items["title"], features, max_history)
     train = train_subset(data["train"], max_train_samples, seed)  # the same samples Speeder trains on
-    if prefix_min_history:
-        train = train.select_columns(["history", "candidates", "label"])
-        train = concatenate_datasets([train, history_prefix_rows(train, prefix_min_history, seed)]).shuffle(seed=seed)
+    train = with_history_prefixes(train, prefix_min_history, seed)  # the Trainer shuffles them
     output_dir = output_dir or str(data_dir / "baselines" / "llara_run")
     training_args = SpeederSFTConfig(output_dir=output_dir, per_device_train_batch_size=batch_size,
                                      num_train_epochs=num_train_epochs, learning_rate=learning_rate, seed=seed,

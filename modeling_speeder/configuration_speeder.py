@@ -23,8 +23,7 @@ class SpeederConfig(PretrainedConfig):
             `("text", "vision", "id")`.
         text_feature_size, vision_feature_size, id_feature_size (`int`): width of each pre-computed feature.
         normalize_features (`bool`): scale each item's feature vector to unit RMS before its modality adapter, so that
-            modalities from different encoders enter on one scale (MiniLM titles have norm 1, SASRec rows ~0.4) and a
-            gate's input is of order 1; a tanh gate on a small input barely opens.
+            modalities from different encoders enter on one scale (MiniLM titles have norm 1, SASRec rows ~0.4).
         fusion_hidden_size (`int`): width `d_f` of the Mixture of Modality Experts (MoME).
         fusion_num_attention_heads (`int`): heads of MoME's shared self-attention; must divide `fusion_hidden_size`.
         fusion_intermediate_size (`int`): inner width of every expert FFN.

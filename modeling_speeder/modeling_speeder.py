@@ -256,9 +256,12 @@ class SpeederModel(SpeederPreTrainedModel):
         zero-init tanh gate on an ID-only run) all items encode alike, and the spread is measured with the gates open.
         Returns the applied `scale` and the matched statistics.
         """
-        tokens = self.get_input_embeddings().weight.float()
-        token_mean = tokens.mean(0)
-        token_variance = (tokens - token_mean).pow(2).sum(-1).mean()
+
+        def mean_and_variance(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean = vectors.mean(0)
+            return mean, (vectors - mean).pow(2).sum(-1).mean()
+
+        token_mean, token_variance = mean_and_variance(self.get_input_embeddings().weight.float())
         was_training = self.item_encoder.training
         self.item_encoder.eval()
         features = (text_features, vision_features, id_features, modality_mask)
@@ -266,12 +269,11 @@ class SpeederModel(SpeederPreTrainedModel):
             items = self.encode_items(*features).float()
             if items.shape[0] < 2:
                 raise ValueError(f"align_item_embeddings needs features of at least 2 items, got {items.shape[0]}.")
-            if not (items - items.mean(0)).pow(2).sum(-1).mean() > 1e-6 * token_variance:
-                items = self.encode_items(*features, open_gates=True).float()
+            item_mean, item_variance = mean_and_variance(items)
+            if not item_variance > 1e-6 * token_variance:
+                item_mean, item_variance = mean_and_variance(self.encode_items(*features, open_gates=True).float())
         finally:
             self.item_encoder.train(was_training)
-        item_mean = items.mean(0)
-        item_variance = (items - item_mean).pow(2).sum(-1).mean()
         if not item_variance > 1e-6 * token_variance:
             raise ValueError("All given items encode to the same embedding: pass features of distinct items.")
         scale = (token_variance / item_variance).sqrt()

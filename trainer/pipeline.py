@@ -178,9 +178,7 @@ def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int
     num_sequences = len(rec)
     features = Features({"history": List(Value("int64")), "candidates": List(Value("int64")), "label": Value("int64"),
                          "ppt_positions": List(Value("int64")), "ppt_label": Value("string")})
-    rec = rec.select_columns(["history", "candidates", "label"])
-    if args.prefix_min_history:
-        rec = concatenate_datasets([rec, history_prefix_rows(rec, args.prefix_min_history, seed)])
+    rec = with_history_prefixes(rec, args.prefix_min_history, seed)
     parts = [rec.map(lambda _: {"ppt_positions": [], "ppt_label": ""}, features=features)]
     if args.ppt_per_sequence > 0 and "ppt_train" in sequences:
         ppt = sequences["ppt_train"]
@@ -190,17 +188,23 @@ def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int
     return concatenate_datasets(parts).shuffle(seed=seed if shuffle_seed is None else shuffle_seed)
 
 
+def with_history_prefixes(rows: Dataset, min_history: int, seed: int) -> Dataset:
+    """`rows` (history, candidates, label) followed by their `history_prefix_rows`; `min_history` 0 adds none."""
+    rows = rows.select_columns(["history", "candidates", "label"])
+    return concatenate_datasets([rows, history_prefix_rows(rows, min_history, seed)]) if min_history else rows
+
+
 def history_prefix_rows(rows: Dataset, min_history: int, seed: int) -> Dataset:
     """More recommendation rows from the stored ones: history item k becomes the target of the k items before it,
     for every k >= `min_history`, as SASRec trains on every position of the same windows. The candidates are the
     row's stored negatives (items its user never interacted with, so negatives for any of the user's targets) plus
     that target, at a seeded random slot."""
 
-    def expand(batch):
+    def expand(batch, indices):
         out = {"history": [], "candidates": [], "label": []}
-        for row, (history, candidates, label) in enumerate(zip(batch["history"], batch["candidates"], batch["label"])):
+        for row, history, candidates, label in zip(indices, batch["history"], batch["candidates"], batch["label"]):
             negatives = [c for i, c in enumerate(candidates) if i != label]
-            rng = np.random.default_rng([seed, batch["row"][row]])
+            rng = np.random.default_rng([seed, row])
             for k in range(min_history, len(history)):
                 slot = int(rng.integers(len(candidates)))
                 out["history"].append(history[:k])
@@ -208,8 +212,7 @@ def history_prefix_rows(rows: Dataset, min_history: int, seed: int) -> Dataset:
                 out["label"].append(slot)
         return out
 
-    indexed = rows.add_column("row", list(range(len(rows))))
-    return indexed.map(expand, batched=True, remove_columns=indexed.column_names, features=rows.features)
+    return rows.map(expand, batched=True, with_indices=True, remove_columns=rows.column_names, features=rows.features)
 
 
 def load_features(data_dir: str, args: SpeederArguments) -> ItemFeatureTable:
