@@ -3,6 +3,7 @@
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,12 @@ CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ 
 ITEM_INPUTS = (
     "item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions"
 )
+
+
+def _listed(values: list, limit: int = 20) -> str:
+    """`values` for an error message: the first `limit`, then how many more."""
+    more = f" (and {len(values) - limit} more)" if len(values) > limit else ""
+    return f"{values[:limit]}{more}"
 
 
 @dataclass
@@ -624,7 +631,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         """Ranks candidate items for a user from ONE forward pass over the item cache.
 
         Args:
-            history_item_ids: ids of the items the user interacted with, oldest first; beyond
+            history_item_ids: a list of the ids of the items the user interacted with, oldest first; beyond
                 `config.max_history_length` only the most recent are kept.
             candidate_item_ids: distinct ids to rank, at most `len(config.candidate_labels)`.
             top_k: keep the `top_k` best; None keeps all.
@@ -640,6 +647,11 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         labels = self.config.candidate_labels
         if not history:
             raise ValueError("history_item_ids is empty: Speeder needs at least one item the user interacted with.")
+        if isinstance(history_item_ids, (Set, Mapping)):
+            raise ValueError(
+                f"history_item_ids is a {type(history_item_ids).__name__}, which has no order, but history order "
+                "matters: pass a list, oldest first."
+            )
         if not candidates:
             raise ValueError(f"candidate_item_ids is empty: give 1 to {len(labels)} items to rank.")
         if len(candidates) > len(labels):
@@ -671,7 +683,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 num_candidates=len(candidates),
                 item_embeddings=cache.embeddings[torch.tensor(rows)].to(device=device, dtype=self.dtype),
                 history_positions=torch.tensor(prompt.history_positions, device=device),
-            )[0].float().cpu().tolist()
+            )[0].float().cpu()
         finally:
             self.train(was_training)
         order = sorted(range(len(candidates)), key=lambda i: -scores[i])
@@ -681,6 +693,20 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     def add_items(
         self,
         item_ids: list,
+        if not torch.isfinite(scores).all():
+            finite = torch.isfinite(cache.embeddings[torch.tensor(rows)]).all(dim=-1).tolist()
+            bad = list(dict.fromkeys(i for i, ok in zip(history + candidates, finite) if not ok))
+            if bad:
+                raise ValueError(
+                    f"The cached embeddings of items {_listed(bad)} are not finite (NaN or inf), so neither are the "
+                    "scores: rebuild the item cache from finite features (model.add_items checks them), or leave "
+                    "these items out."
+                )
+            raise ValueError(
+                f"The scores of {candidates} are not finite although every item's embedding is: the model's weights "
+                f"give non-finite logits in {self.dtype}; check the weights for NaN or inf."
+            )
+        scores = scores.tolist()
         titles: list[str | None] | None = None,
         text_features: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
@@ -688,9 +714,10 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         modality_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Encodes new (cold-start) items into the item cache, without training, so `recommend` can rank them at
-        once; `save_pretrained` writes the grown cache. Features are `(num_items, <m>_feature_size)` from the same
-        feature encoders as the training data, for the cache's modalities (or a subset); `modality_mask`
-        `(num_items, 3)` marks absent ones per item. Returns the new embeddings `(num_items, hidden_size)`."""
+        once; `save_pretrained` writes the grown cache. Features are finite `(num_items, <m>_feature_size)` tensors or
+        numpy arrays from the same feature encoders as the training data, for the cache's modalities (or a subset);
+        `modality_mask` `(num_items, 3)` marks absent ones per item. Returns the new embeddings
+        `(num_items, hidden_size)`."""
         if isinstance(item_ids, (str, bytes)):
             raise ValueError(f"item_ids must be a list of item ids, got the string {item_ids!r}.")
         ids = [str(item_id) for item_id in item_ids]
@@ -710,6 +737,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"Give features of the modalities {allowed} (those the item cache was encoded from), got "
                 f"{given or 'none'}."
+        features = {m: None if f is None else torch.as_tensor(f) for m, f in features.items()}  # numpy too
             )
         for modality in given:
             expected = (len(ids), self.config.feature_size(modality))
@@ -725,6 +753,21 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         inputs = {f"{m}_features": features[m].to(device=self.device, dtype=self.dtype) for m in given}
         if modality_mask is not None:
             inputs["modality_mask"] = modality_mask.to(self.device)
+            finite = torch.isfinite(features[modality]).all(dim=-1)
+            if not finite.all():
+                bad = [ids[i] for i in (~finite).nonzero().flatten().tolist()]
+                raise ValueError(
+                    f"{modality}_features of items {_listed(bad)} hold non-finite values (NaN or inf): fix those rows; "
+                    f"an item without {modality} features takes zeros and False in its modality_mask column."
+                )
+        if modality_mask is not None:
+            modality_mask = torch.as_tensor(modality_mask)
+            expected = (len(ids), len(MODALITIES))
+            if tuple(modality_mask.shape) != expected:
+                raise ValueError(
+                    f"modality_mask has shape {tuple(modality_mask.shape)}, expected {expected}: one row per item, "
+                    f"one column per modality {list(MODALITIES)}, True where the item has that modality."
+                )
         was_training = self.training
         self.eval()
         try:
@@ -738,6 +781,13 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         return embeddings
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        finite = torch.isfinite(embeddings).all(dim=-1)
+        if not finite.all():
+            bad = [ids[i] for i in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(
+                f"The item encoder gave non-finite embeddings for items {_listed(bad)} from finite features: the "
+                f"features overflow {self.dtype} or the model's weights hold NaN or inf; nothing was added."
+            )
         """`PreTrainedModel.save_pretrained`, plus the item cache and the tokenizer that `recommend` loaded, when the
         model holds them, so that the folder recommends on its own."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}

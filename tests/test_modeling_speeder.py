@@ -314,3 +314,54 @@ def test_peft_adapter_round_trip_gives_identical_logits(tmp_path):
         print(torch.allclose(logits, torch.load({str(tmp_path / 'expected.pt')!r}), atol=1e-6))
     """)
     assert output.strip() == "True"
+
+
+def cold_start_model(num_items: int = 6):
+    """A fresh tiny model whose item cache holds `item0`..`item<n-1>`, encoded from random text features."""
+    model, tokenizer = tiny_model()
+    model.eval().add_items([f"item{i}" for i in range(num_items)], text_features=item_inputs(num_items)["text_features"])
+    return model, tokenizer
+
+
+def test_add_items_takes_numpy_features_and_masks():
+    model, _ = cold_start_model()
+    inputs = item_inputs(2, modality_mask=torch.tensor([[True, False, True], [True, True, True]]), seed=1)
+    expected = model.encode_items(**inputs)
+    added = model.add_items(["new0", "new1"], **{k: v.numpy() for k, v in inputs.items()})
+    torch.testing.assert_close(added, expected)
+    assert "new1" in model.item_cache and len(model.item_cache) == 8
+
+
+def test_add_items_refuses_non_finite_features_naming_the_items():
+    model, _ = cold_start_model()
+    inputs = item_inputs(3, seed=1)
+    inputs["vision_features"][1, 4] = float("nan")
+    inputs["vision_features"][2, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"vision_features of items \['b', 'c'\] hold non-finite values"):
+        model.add_items(["a", "b", "c"], **inputs)
+    assert len(model.item_cache) == 6 and "a" not in model.item_cache  # nothing was added
+
+
+def test_add_items_names_a_wrong_modality_mask_shape():
+    model, _ = cold_start_model()
+    inputs = item_inputs(2, modality_mask=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"modality_mask has shape \(2, 2\), expected \(2, 3\)"):
+        model.add_items(["a", "b"], **inputs)
+
+
+@pytest.mark.parametrize("history", [{"item0", "item1"}, frozenset({"item0"}), {"item0": 1, "item1": 2}])
+def test_recommend_refuses_an_unordered_history(history):
+    model, tokenizer = cold_start_model()
+    with pytest.raises(ValueError, match="history order matters: pass a list, oldest first"):
+        model.recommend(history, ["item2", "item3"], tokenizer=tokenizer)
+
+
+def test_recommend_names_the_items_whose_cached_embeddings_are_not_finite(tmp_path):
+    model, tokenizer = cold_start_model()
+    cache = model.item_cache
+    cache.embeddings[3] = float("nan")  # e.g. an item cache file written before add_items checked its features
+    cache.save(tmp_path)
+    model.load_item_cache(tmp_path)
+    assert model.recommend(["item0", "item1"], ["item2", "item4"], tokenizer=tokenizer)  # item3 unused: fine
+    with pytest.raises(ValueError, match=r"embeddings of items \['item3'\] .*are not finite"):
+        model.recommend(["item0", "item1"], ["item2", "item3"], tokenizer=tokenizer)
