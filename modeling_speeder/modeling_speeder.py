@@ -640,6 +640,11 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             `[(item_id, score), ...]`, best first (ties keep the candidates' order); a score is the logit of the
             candidate's label at the answer position, comparable within one call.
         """
+        if isinstance(history_item_ids, (Set, Mapping)):
+            raise ValueError(
+                f"history_item_ids is a {type(history_item_ids).__name__}, which has no order, but history order "
+                "matters: pass a list, oldest first."
+            )
         for name, ids in (("history_item_ids", history_item_ids), ("candidate_item_ids", candidate_item_ids)):
             if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
                 raise ValueError(f"{name} must be a list of item ids, got {type(ids).__name__} {ids!r}.")
@@ -647,11 +652,6 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         labels = self.config.candidate_labels
         if not history:
             raise ValueError("history_item_ids is empty: Speeder needs at least one item the user interacted with.")
-        if isinstance(history_item_ids, (Set, Mapping)):
-            raise ValueError(
-                f"history_item_ids is a {type(history_item_ids).__name__}, which has no order, but history order "
-                "matters: pass a list, oldest first."
-            )
         if not candidates:
             raise ValueError(f"candidate_item_ids is empty: give 1 to {len(labels)} items to rank.")
         if len(candidates) > len(labels):
@@ -686,13 +686,6 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             )[0].float().cpu()
         finally:
             self.train(was_training)
-        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
-        return [(candidates[i], scores[i]) for i in order][:top_k]
-
-    @torch.no_grad()
-    def add_items(
-        self,
-        item_ids: list,
         if not torch.isfinite(scores).all():
             finite = torch.isfinite(cache.embeddings[torch.tensor(rows)]).all(dim=-1).tolist()
             bad = list(dict.fromkeys(i for i, ok in zip(history + candidates, finite) if not ok))
@@ -707,6 +700,13 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 f"give non-finite logits in {self.dtype}; check the weights for NaN or inf."
             )
         scores = scores.tolist()
+        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+        return [(candidates[i], scores[i]) for i in order][:top_k]
+
+    @torch.no_grad()
+    def add_items(
+        self,
+        item_ids: list,
         titles: list[str | None] | None = None,
         text_features: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
@@ -730,6 +730,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         if len(titles) != len(ids):
             raise ValueError(f"{len(titles)} titles for {len(ids)} item_ids: give one title (or None) per item.")
         features = {"text": text_features, "vision": vision_features, "id": id_features}
+        features = {m: None if f is None else torch.as_tensor(f) for m, f in features.items()}  # numpy too
         given = [m for m in MODALITIES if features[m] is not None]
         cache = self._item_cache if self._item_cache is not None else self.load_item_cache()
         allowed = (cache.modalities if cache is not None and cache.modalities else None) or self.config.modalities
@@ -737,7 +738,6 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"Give features of the modalities {allowed} (those the item cache was encoded from), got "
                 f"{given or 'none'}."
-        features = {m: None if f is None else torch.as_tensor(f) for m, f in features.items()}  # numpy too
             )
         for modality in given:
             expected = (len(ids), self.config.feature_size(modality))
@@ -746,13 +746,6 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                     f"{modality}_features has shape {tuple(features[modality].shape)}, expected {expected} "
                     f"({len(ids)} items x {modality}_feature_size)."
                 )
-        if cache is not None:
-            known = [item_id for item_id in ids if item_id in cache]
-            if known:
-                raise ValueError(f"Item ids {known[:20]} are already in the item cache: give new items new ids.")
-        inputs = {f"{m}_features": features[m].to(device=self.device, dtype=self.dtype) for m in given}
-        if modality_mask is not None:
-            inputs["modality_mask"] = modality_mask.to(self.device)
             finite = torch.isfinite(features[modality]).all(dim=-1)
             if not finite.all():
                 bad = [ids[i] for i in (~finite).nonzero().flatten().tolist()]
@@ -768,19 +761,19 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                     f"modality_mask has shape {tuple(modality_mask.shape)}, expected {expected}: one row per item, "
                     f"one column per modality {list(MODALITIES)}, True where the item has that modality."
                 )
+        if cache is not None:
+            known = [item_id for item_id in ids if item_id in cache]
+            if known:
+                raise ValueError(f"Item ids {known[:20]} are already in the item cache: give new items new ids.")
+        inputs = {f"{m}_features": features[m].to(device=self.device, dtype=self.dtype) for m in given}
+        if modality_mask is not None:
+            inputs["modality_mask"] = modality_mask.to(self.device)
         was_training = self.training
         self.eval()
         try:
             embeddings = self.encode_items(**inputs).float().cpu()
         finally:
             self.train(was_training)
-        if cache is None:
-            self._item_cache = SpeederItemCache(ids, titles, embeddings, list(self.config.modalities))
-        else:
-            cache.add(ids, titles, embeddings)
-        return embeddings
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         finite = torch.isfinite(embeddings).all(dim=-1)
         if not finite.all():
             bad = [ids[i] for i in (~finite).nonzero().flatten().tolist()]
@@ -788,6 +781,13 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 f"The item encoder gave non-finite embeddings for items {_listed(bad)} from finite features: the "
                 f"features overflow {self.dtype} or the model's weights hold NaN or inf; nothing was added."
             )
+        if cache is None:
+            self._item_cache = SpeederItemCache(ids, titles, embeddings, list(self.config.modalities))
+        else:
+            cache.add(ids, titles, embeddings)
+        return embeddings
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the item cache and the tokenizer that `recommend` loaded, when the
         model holds them, so that the folder recommends on its own."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
