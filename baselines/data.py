@@ -8,11 +8,13 @@ import torch
 from .base import PADDING_VALUE
 
 SPLITS = ("train", "valid", "test")
+EXTRA_POOL_SPLITS = ("valid_pools", "test_pools")  # the builder's extra seeded pools of the valid/test sequences
 COLUMNS = ("history", "target", "candidates", "label")
 
 
 def load_baseline_data(data_dir: str | Path) -> tuple[datasets.DatasetDict, int]:
-    """The `train`/`valid`/`test` splits (other splits dropped) and `num_items` (= rows of `items/`), checked."""
+    """The `train`/`valid`/`test` splits, the extra pools of valid/test when the data has them (other splits
+    dropped), and `num_items` (= rows of `items/`), checked."""
     data_dir = Path(data_dir)
     for sub in ("sequences", "items"):
         if not (data_dir / sub).is_dir():
@@ -27,12 +29,14 @@ def load_baseline_data(data_dir: str | Path) -> tuple[datasets.DatasetDict, int]
     if missing:
         raise ValueError(f"{data_dir / 'sequences'} lacks split(s) {missing}; it has {list(sequences)}.")
     num_items = len(datasets.load_from_disk(str(data_dir / "items")))
-    splits = datasets.DatasetDict({s: sequences[s] for s in SPLITS})
+    splits = datasets.DatasetDict({s: sequences[s] for s in SPLITS + EXTRA_POOL_SPLITS if s in sequences})
     for split, ds in splits.items():
         absent = [c for c in COLUMNS if c not in ds.column_names]
         if absent:
             raise ValueError(f"Split {split!r} lacks column(s) {absent}; it has {ds.column_names}.")
         if len(ds) == 0:
+            if split in EXTRA_POOL_SPLITS:
+                continue
             raise ValueError(f"Split {split!r} of {data_dir / 'sequences'} is empty.")
         histories, targets, candidates = ds["history"][:], ds["target"][:], ds["candidates"][:]
         largest = max(max((max(h, default=-1) for h in histories), default=-1), max(targets), max(map(max, candidates)))

@@ -4,6 +4,7 @@ import datasets
 import torch
 
 from metrics import compute_ranking_metrics
+from metrics.predictions import answers_from_scores, prediction_rows
 
 from .base import SequentialRecommender, pad_histories
 
@@ -36,3 +37,28 @@ def evaluate_pools(
     scores = score_pools(model, dataset, batch_size, device)
     k_values = tuple(k for k in k_values if k <= len(scores[0]))
     return compute_ranking_metrics(scores, dataset["label"][:], k_values)
+
+
+def predict_pools(
+    model: SequentialRecommender,
+    splits: dict[str, datasets.Dataset],
+    split: str = "test",
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, float], list[dict]]:
+    """Metrics on the split's stored pools (plus the `<split>_pools` extra pools under "extra_pools", when the data
+    has them) and every pool's prediction record (`metrics.predictions.PREDICTION_FIELDS`)."""
+    metrics, records = {}, []
+    for name in (split, f"{split}_pools"):
+        dataset = splits.get(name)
+        if dataset is None or len(dataset) == 0:
+            continue
+        scores = score_pools(model, dataset, batch_size, device)
+        k_values = tuple(k for k in (1, 3, 5) if k <= len(scores[0]))
+        result = compute_ranking_metrics(scores, dataset["label"][:], k_values)
+        if name == split:
+            metrics.update(result)
+        else:
+            metrics["extra_pools"] = result
+        records += prediction_rows(dataset, answers_from_scores(scores), scores)
+    return metrics, records

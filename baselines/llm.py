@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from metrics import compute_choice_metrics
+from metrics.predictions import prediction_rows, predictions_path, write_predictions
 
 from .llara import LlaraPromptBuilder
 from .trainer import _write_json_atomically
@@ -91,8 +92,10 @@ def generated_choices(model, collator: LlaraCollator, rows, batch_size: int, des
     return choices
 
 
-def _write(data_dir: Path, name: str, report: dict) -> Path:
+def _write(data_dir: Path, name: str, report: dict, test, choices: list[int]) -> Path:
+    """Writes `baselines/<name>.json` and the test predictions beside it (answers only: no candidate scores)."""
     path = data_dir / "baselines" / f"{name}.json"
+    write_predictions(predictions_path(path), prediction_rows(test, choices))
     _write_json_atomically(report, path)
     return path
 
@@ -121,7 +124,7 @@ def zero_shot(data_dir, backbone: str = "smollm2-135m-instruct", max_history: in
     metrics = compute_choice_metrics(choices, [int(row["label"]) for row in test])
     report = {"model": "zero_shot", "backbone": backbone, "test_metrics": metrics,
               "wall_time_s": round(time.time() - started, 1)}
-    _write(data_dir, "zero_shot", report)
+    _write(data_dir, "zero_shot", report, test, choices)
     return report
 
 
@@ -166,5 +169,5 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
               "prefix_min_history": prefix_min_history, "test_metrics": metrics,
               "lora": {"r": lora_r, "alpha": lora_alpha, "target_modules": lora_target_modules},
               "wall_time_s": round(time.time() - started, 1)}
-    _write(data_dir, "llara", report)
+    _write(data_dir, "llara", report, test, choices)
     return report

@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from metrics.predictions import predictions_path, write_predictions
+
 from .base import SequentialRecommender
 from .bert4rec import BERT4Rec
 from .data import build_train_windows, load_baseline_data
-from .evaluator import evaluate_pools
+from .evaluator import evaluate_pools, predict_pools
 from .gru4rec import GRU4Rec
 from .pop import Pop
 from .sasrec import SASRec
@@ -100,10 +102,11 @@ def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, **ove
         windows = build_train_windows(splits["train"], model.max_history_length + 1)
         history, best_epoch = _fit(model, windows, splits["valid"], args, seed, desc=name)
         valid_metrics = evaluate_pools(model, splits["valid"], args.eval_batch_size, args.device)
-        test_metrics = evaluate_pools(model, splits["test"], args.eval_batch_size, args.device)
+        test_metrics, test_predictions = predict_pools(model, splits, "test", args.eval_batch_size, args.device)
     wall_time = time.perf_counter() - start
 
     output_path = data_dir / "baselines" / f"{name}.json"
+    write_predictions(predictions_path(output_path), test_predictions)
     report = {
         "model": name,
         "seed": seed,

@@ -8,7 +8,9 @@ Two input forms, chosen by the type of `predictions`:
 * **scores** (`list[float]` of length m per sample): one score per candidate, higher is better (one-pass scoring,
   every answer valid). Returns `hr@k` and `ndcg@k` for each k in `k_values`, plus `valid_ratio` = 1 and
   `vhr@1` = `hr@1`. Ties count against the true item (its rank is 1 + the number of other candidates scoring at
-  least as high), so a model that scores every candidate equally gets no credit.
+  least as high), so a model that scores every candidate equally gets no credit. A pool with any non-finite score
+  (NaN, inf) is counted as invalid and as a miss at every k: `valid_ratio` = pools with finite scores / all, and
+  `num_non_finite` says how many there were.
 
 `references` is the index of the true item in the sample's candidate pool.
 """
@@ -81,12 +83,16 @@ def _ranking_metrics(scores, labels, k_values) -> dict:
     for k in k_values:
         if not 1 <= k <= num_candidates:
             raise ValueError(f"k_values must lie in 1..{num_candidates} (the pool size), got {k}.")
-    ranks = []
+    ranks, non_finite = [], 0
     for row, label in zip(scores, labels):
         if len(row) != num_candidates:
             raise ValueError(f"Every sample needs {num_candidates} candidate scores, got a row with {len(row)}.")
         if not 0 <= label < num_candidates:
             raise ValueError(f"Reference {label} is not a candidate index in 0..{num_candidates - 1}.")
+        if not all(math.isfinite(s) for s in row):
+            non_finite += 1
+            ranks.append(num_candidates + 1)  # below every cut-off: never a hit
+            continue
         target = row[label]
         ranks.append(1 + sum(1 for j, s in enumerate(row) if j != label and s >= target))
     total = len(ranks)
@@ -94,7 +100,8 @@ def _ranking_metrics(scores, labels, k_values) -> dict:
     for k in k_values:
         result[f"hr@{k}"] = sum(1 for r in ranks if r <= k) / total
         result[f"ndcg@{k}"] = sum(1.0 / math.log2(r + 1) for r in ranks if r <= k) / total
-    result["valid_ratio"] = 1.0
+    result["valid_ratio"] = (total - non_finite) / total
     result["vhr@1"] = sum(1 for r in ranks if r == 1) / total
     result["num_samples"] = total
+    result["num_non_finite"] = non_finite
     return result

@@ -5,6 +5,7 @@ import json
 import pytest
 from speeder_fixtures import write_planted_dataset
 
+from metrics.predictions import read_predictions, write_predictions
 from trainer.ablations import AblationArguments
 from trainer.ablations import main as run_ablations
 from trainer.report import main as write_report
@@ -25,8 +26,19 @@ def test_ablations_and_report_show_every_row(tmp_path):
     ablations = run_ablations([*common, "--ablations", "wo_ppt,gate_none"])
     assert set(ablations) == {"wo_ppt", "gate_none"}
     assert (tmp_path / "run" / "ablations" / "wo_ppt" / "results.json").is_file()
+    records = read_predictions(tmp_path / "run" / "results.predictions.jsonl")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["pool"] for r in records] == [0] * results["test"]["num_samples"]  # the fixture has no extra pools
+    hits = sum(r["answer"] == r["label"] for r in records)
+    assert hits / len(records) == pytest.approx(results["test"]["vhr@1"])
+    sasrec_records = [{**r, "answer": r["label"]} for r in records]  # a perfect SASRec: Speeder - SASRec <= 0
+    write_predictions(tmp_path / "data" / "baselines" / "sasrec.predictions.jsonl", sasrec_records)
     report = write_report(["--run", str(tmp_path / "run")]).read_text()
     assert "| SASRec | 0.5000 | 1.0000 | 0.5000 | 0.7000 |" in report
+    assert "### Intervals" in report
+    sasrec_row = next(line for line in report.splitlines() if line.startswith("| SASRec | 1.0000 [1.0000, 1.0000]"))
+    difference = 1 - results["test"]["vhr@1"]
+    assert f"| -{difference:.4f} [" in sasrec_row or difference == 0
     assert "| Speeder |" in report and "| wo_ppt |" in report and "| gate_none |" in report
     assert (tmp_path / "run" / "report" / "results.png").stat().st_size > 0
 

@@ -4,6 +4,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metrics import compute_choice_metrics, compute_ranking_metrics
+from metrics.predictions import answers_from_scores, prediction_rows
 
 from .collator import SpeederCollator
 
@@ -27,12 +28,13 @@ def evaluate_recommendation(
     max_samples: int | None = None,
     generate: bool = True,
     desc: str = "evaluate",
-) -> dict:
-    """Metrics on a split of recommendation samples.
+) -> tuple[dict, list[dict]]:
+    """Metrics and per-sample predictions (`metrics.predictions.PREDICTION_FIELDS`) on a split of stored pools.
 
-    One-pass scoring of the candidate label tokens gives `hr@k` / `ndcg@k`; free generation of one answer token gives
-    the paper's `valid_ratio`, `hr@1` and `vhr@1` (a valid answer names exactly one candidate of the pool). Without
-    `generate`, `hr@1` and `vhr@1` come from scoring and `valid_ratio` is 1 by construction.
+    ONE forward pass per batch gives the logits at the answer position: the candidate label tokens' logits are the
+    scores (`hr@k`, `ndcg@k`), and the argmax over the whole vocabulary is the greedy answer, the token that free
+    generation would produce. With `generate`, `valid_ratio`, `hr@1` and `vhr@1` are the paper's, from that answer
+    (valid when it is one of the pool's labels); without it they come from the scores (`valid_ratio` 1).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -40,23 +42,25 @@ def evaluate_recommendation(
     label_token_ids = speeder.config.candidate_label_token_ids
     scoring = SpeederCollator(collator.prompt_builder, collator.item_features, collator.modalities,
                               collator.max_history, with_answer=False, padding_side="left")
-    scores, labels, choices = [], [], []
+    scores, answers, samples = [], [], []
     for rows in tqdm(list(_batches(dataset, batch_size, max_samples)), desc=desc, leave=False):
-        batch = _to(scoring(rows), device)
-        num_candidates = len(rows[0]["candidates"])
-        scores += speeder.score_candidates(num_candidates=num_candidates, **batch).float().cpu().tolist()
-        labels += [int(row["label"]) for row in rows]
+        pool = label_token_ids[:len(rows[0]["candidates"])]
+        logits = speeder.answer_logits(**_to(scoring(rows), device)).float()
+        batch_scores = logits[:, pool].cpu().tolist()
+        scores += batch_scores
         if generate:
-            output = model.generate(**batch, max_new_tokens=1, do_sample=False)
-            answers = output[:, batch["input_ids"].shape[1]].tolist()
-            pool = label_token_ids[:num_candidates]
-            choices += [pool.index(a) if a in pool else -1 for a in answers]
+            answers += [pool.index(token) if token in pool else -1 for token in logits.argmax(-1).tolist()]
+        else:
+            answers += answers_from_scores(batch_scores)
+        samples += rows
+    labels = [int(row["label"]) for row in samples]
     result = {f"{k}_scored" if k in ("hr@1", "vhr@1", "valid_ratio") else k: v
               for k, v in compute_ranking_metrics(scores, labels).items()}
-    result.update(compute_choice_metrics(choices, labels) if generate else {
-        "hr@1": result["hr@1_scored"], "vhr@1": result["hr@1_scored"], "valid_ratio": 1.0})
-    result.pop("accuracy", None)
-    return result
+    if generate:
+        result.update({k: v for k, v in compute_choice_metrics(answers, labels).items() if k != "accuracy"})
+    else:
+        result.update({"hr@1": result["hr@1_scored"], "vhr@1": result["hr@1_scored"], "valid_ratio": 1.0})
+    return result, prediction_rows(samples, answers, scores)
 
 
 @torch.no_grad()

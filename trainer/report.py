@@ -19,6 +19,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from metrics.predictions import (  # noqa: E402
+    bootstrap_interval,
+    paired_difference,
+    predictions_path,
+    read_predictions,
+    sequence_hits,
+)
+
 from .reporting import format_row  # noqa: E402
 
 BASELINE_NAMES = {"pop": "Pop (popularity)", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
@@ -35,19 +43,24 @@ def collect(run_dir: Path) -> dict:
     if results is None:
         raise FileNotFoundError(f"{run_dir}/results.json not found: train first with trainer/run.py.")
     data_dir = Path(results["config"]["data_dir"])
-    models = {}
+    models, predictions = {}, {}
     for key, name in BASELINE_NAMES.items():
-        baseline = _read(data_dir / "baselines" / f"{key}.json")
+        path = data_dir / "baselines" / f"{key}.json"
+        baseline = _read(path)
         if baseline is not None:
             models[name] = baseline["test_metrics"]
+            if predictions_path(path).is_file():
+                predictions[name] = read_predictions(predictions_path(path))
     models["Speeder"] = results["test"]
+    if predictions_path(run_dir / "results.json").is_file():
+        predictions["Speeder"] = read_predictions(predictions_path(run_dir / "results.json"))
     ablations = {"Speeder (full)": results["test"]}
     for folder in sorted((run_dir / "ablations").glob("*")):
         ablation = _read(folder / "results.json")
         if ablation is not None:
             ablations[folder.name] = ablation["test"]
     return {"results": results, "models": models, "ablations": ablations, "stats": _read(data_dir / "stats.json"),
-            "data_dir": str(data_dir)}
+            "data_dir": str(data_dir), "predictions": predictions}
 
 
 def collect_vision_check(run_dir: Path) -> dict[str, dict]:
@@ -65,6 +78,29 @@ def collect_vision_check(run_dir: Path) -> dict[str, dict]:
 def table(rows: dict[str, dict]) -> str:
     lines = ["| model | HR@1 | ValidRatio | VHR@1 | NDCG@5 |", "| --- | --- | --- | --- | --- |"]
     return "\n".join(lines + [format_row(name, metrics) for name, metrics in rows.items()]) + "\n"
+
+
+def _interval(value: dict | None) -> str:
+    return "–" if value is None else f"{value['mean']:.4f} [{value['low']:.4f}, {value['high']:.4f}]"
+
+
+def interval_table(predictions: dict[str, list[dict]], reference: str = "Speeder") -> str:
+    """VHR@1 of each model with its 95% bootstrap interval over test sequences, on the paper's pool and on the extra
+    pools, and the paired interval of `reference` minus each model."""
+    lines = [f"| model | VHR@1, paper's pool | VHR@1, extra pools | {reference} − model, paper's pool | "
+             f"{reference} − model, extra pools |", "| --- | --- | --- | --- | --- |"]
+    for name, records in predictions.items():
+        cells = []
+        for pools in ("paper", "extra"):
+            hits = sequence_hits(records, pools)
+            cells.append(_interval(bootstrap_interval(hits.values()) if hits else None))
+        for pools in ("paper", "extra"):
+            hits = sequence_hits(records, pools)
+            reference_hits = sequence_hits(predictions[reference], pools) if reference in predictions else {}
+            same = hits and reference_hits and name != reference and set(hits) == set(reference_hits)
+            cells.append(_interval(paired_difference(reference_hits, hits)) if same else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_models(models: dict[str, dict], path: Path) -> None:
@@ -98,6 +134,14 @@ def write_report(
                   f"{stats.get('avg_sequence_length')} |", ""]
     lines += ["## Speeder and baselines (test split, stored pools; paper Table 2)", "", table(found["models"]),
               "![VHR@1 per model](results.png)", ""]
+    if found["predictions"]:
+        lines += ["### Intervals", "",
+                  "Mean hit (= VHR@1) with its 95% bootstrap interval over test sequences (2,000 resamples), from "
+                  "each model's per-sample predictions (`*.predictions.jsonl` beside its metrics). The paper's "
+                  "pool is the one stored pool per sequence; the extra pools are the builder's K further seeded "
+                  "pools of the same sequences (a sequence counts once, with its mean hit over them). Differences "
+                  "are paired: both models are resampled on the same sequences.", "",
+                  interval_table(found["predictions"])]
     lines += ["## Stages (valid split)", "", table({f"stage {k}": v["valid"] for k, v in
                                                     sorted(found["results"]["stages"].items())})]
     for number in sorted(found["results"]["stages"]):

@@ -1,0 +1,106 @@
+"""Per-sample predictions, bootstrap intervals, non-finite scores, and the one-pass evaluation's greedy answer."""
+
+import math
+
+import pytest
+import torch
+from speeder_fixtures import TINY_MODEL_KWARGS, tiny_model
+
+from metrics import compute_ranking_metrics
+from metrics.predictions import (
+    answers_from_scores,
+    bootstrap_interval,
+    paired_difference,
+    prediction_rows,
+    predictions_path,
+    read_predictions,
+    sequence_hits,
+    write_predictions,
+)
+from trainer.collator import ItemFeatureTable, SpeederCollator
+from trainer.evaluation import evaluate_recommendation
+
+NAN = float("nan")
+
+
+def test_a_pool_with_a_non_finite_score_is_invalid_and_never_a_hit():
+    result = compute_ranking_metrics([[NAN] * 5, [0.0, 1.0, NAN, 0.0, 0.0], [0.0, 2.0, 1.0, 0.0, 0.0]], [0, 1, 2])
+    assert result["hr@1"] == pytest.approx(0.0)  # the last pool ranks its target second
+    assert result["hr@5"] == pytest.approx(1 / 3)
+    assert result["valid_ratio"] == pytest.approx(1 / 3) and result["num_non_finite"] == 2
+
+
+def test_answers_from_scores_name_a_strict_winner_only():
+    assert answers_from_scores([[0.1, 0.9, 0.2], [1.0, 1.0, 0.0], [NAN, NAN, NAN], [NAN, 0.0, -1.0]]) == [1, -1, -1, 1]
+
+
+def test_predictions_round_trip_and_hits_per_sequence(tmp_path):
+    samples = [{"sequence_id": 7, "candidates": [3, 4], "label": 1},
+               {"sequence_id": 7, "pool": 1, "candidates": [5, 4], "label": 1},
+               {"sequence_id": 7, "pool": 2, "candidates": [4, 6], "label": 0},
+               {"sequence_id": 9, "candidates": [1, 2], "label": 0}]
+    records = prediction_rows(samples, answers=[1, 0, 0, -1], scores=[[0, 1], [1, 0], [1, 0], [0, 0]])
+    path = write_predictions(predictions_path(tmp_path / "results.json"), records)
+    assert path.name == "results.predictions.jsonl" and oct(path.stat().st_mode & 0o777) == "0o644"
+    assert read_predictions(path) == records
+    assert sequence_hits(records, "paper") == {7: 1.0, 9: 0.0}
+    assert sequence_hits(records, "extra") == {7: 0.5}
+    assert sequence_hits(records, "all") == {7: pytest.approx(2 / 3), 9: 0.0}
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_sequences():
+    small = bootstrap_interval([1.0, 0.0] * 20, seed=1)
+    large = bootstrap_interval([1.0, 0.0] * 500, seed=1)
+    for interval in (small, large):
+        assert interval["mean"] == pytest.approx(0.5) and interval["low"] < 0.5 < interval["high"]
+    assert large["high"] - large["low"] < (small["high"] - small["low"]) / 3  # width ~ 1/sqrt(n)
+    assert bootstrap_interval([1.0] * 10) == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 10}
+    with pytest.raises(ValueError, match="No values"):
+        bootstrap_interval([])
+
+
+def test_paired_difference_is_paired_and_refuses_other_sequences():
+    a = {i: float(i % 2) for i in range(200)}
+    b = {i: float(i % 2) for i in range(200)}
+    assert paired_difference(a, b) == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 200}  # same hits: no spread
+    better = {i: 1.0 for i in range(200)}
+    difference = paired_difference(better, b)
+    assert difference["low"] > 0 and difference["mean"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="different sequences"):
+        paired_difference(a, {i: 1.0 for i in range(1, 201)})
+
+
+def test_one_pass_evaluation_answers_as_greedy_generation_would():
+    model, tokenizer = tiny_model(seed=3)
+    model.eval()
+    labels = model.config.candidate_label_token_ids
+    # an untied head that can only say a candidate label or one of a few other tokens: answers valid and invalid
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=False)
+    keep = torch.zeros(head.out_features, dtype=torch.bool)
+    keep[labels] = True
+    keep[:4] = True
+    head.weight.data = torch.where(keep[:, None], model.lm_head.weight.detach() * 20, torch.zeros(()))
+    model.lm_head = head
+    features = ItemFeatureTable(
+        {m: torch.randn(20, TINY_MODEL_KWARGS[f"{m}_feature_size"]) for m in ("text", "vision", "id")},
+        {m: torch.ones(20, dtype=torch.bool) for m in ("text", "vision", "id")},
+    )
+    rows = [{"sequence_id": 100 + i, "history": list(range(i, i + 2 + i % 4)),
+             "candidates": [(10 + j + i) % 20 for j in range(5)], "label": i % 5} for i in range(12)]
+    collator = SpeederCollator(model.prompt_builder(tokenizer), features, ("text", "vision", "id"), max_history=8)
+    metrics, records = evaluate_recommendation(model, collator, rows, batch_size=5, generate=True)
+
+    scoring = SpeederCollator(collator.prompt_builder, features, ("text", "vision", "id"), max_history=8,
+                              with_answer=False, padding_side="left")
+    generated = []
+    for start in range(0, len(rows), 5):
+        batch = scoring(rows[start:start + 5])
+        output = model.generate(**batch, max_new_tokens=1, do_sample=False)
+        generated += [labels.index(t) if t in labels else -1 for t in output[:, batch["input_ids"].shape[1]].tolist()]
+    assert [r["answer"] for r in records] == generated
+    assert 0 < sum(a >= 0 for a in generated) < len(rows)  # the test sees both valid and invalid answers
+    assert [r["sequence_id"] for r in records] == [row["sequence_id"] for row in rows]
+    hits = sum(r["answer"] == r["label"] for r in records)
+    assert metrics["vhr@1"] == pytest.approx(hits / len(rows))
+    assert metrics["valid_ratio"] == pytest.approx(sum(a >= 0 for a in generated) / len(rows))
+    assert all(len(r["scores"]) == 5 and all(math.isfinite(s) for s in r["scores"]) for r in records)
