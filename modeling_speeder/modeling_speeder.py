@@ -550,15 +550,22 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def answer_logits(
-        self, input_ids: torch.LongTensor, token_ids: list[int], attention_mask: torch.Tensor | None = None, **item_inputs
+        self,
+        input_ids: torch.LongTensor,
+        token_ids: list[int] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **item_inputs,
     ) -> torch.Tensor:
-        """Logits `(batch, len(token_ids))` of the given answer tokens at each prompt's last real token, from one
-        forward pass that projects only those positions and tokens (left or right padding both work)."""
+        """Logits at each prompt's last real token (the answer position), from one forward pass that projects only
+        that position: `(batch, len(token_ids))` for the given answer tokens, or `(batch, vocab_size)` when
+        `token_ids` is None (its argmax is the greedy answer). Left or right padding both work."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **item_inputs)[0]
         last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
         answer_states = hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last]
+        if token_ids is None:
+            return self.lm_head(answer_states)
         weights = self.lm_head.weight[torch.tensor(token_ids, device=answer_states.device)]
         return answer_states @ weights.T
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -21,12 +22,14 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from datasets_builder.build import load_built_dataset, train_subset
-from datasets_builder.features import files_revision, load_item_features
+from datasets_builder.build import DEFAULT_ENCODERS, load_built_dataset, train_subset
+from datasets_builder.features import _digest, _file_stamp, files_revision, load_item_features
+from metrics.predictions import predictions_path, write_predictions
 from modeling_speeder import MODALITIES
 from modeling_speeder.backbones import build_speeder_model
 
 from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTConfig
+from .callbacks import NonFiniteGradientCallback, NonFiniteTrainingError, non_finite_message
 from .collator import IGNORE_INDEX, ItemFeatureTable, SpeederCollator
 from .evaluation import evaluate_ppt, evaluate_recommendation
 from .reporting import plot_training_curve, results_table, write_log
@@ -48,11 +51,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 class SpeederSFTTrainer(SFTTrainer):
-    """SFTTrainer with the paper's LR schedule and Speeder metrics (HR@1 and PPT accuracy) at evaluation."""
+    """SFTTrainer with the paper's LR schedule and Speeder metrics (HR@1 and PPT accuracy) at evaluation; a training
+    step with a non-finite loss raises `NonFiniteTrainingError` naming `stage` (the MPO stage, for the message) and
+    the step."""
 
-    def __init__(self, *args, eval_collator=None, eval_sets=None, speeder_args=None, **kwargs):
+    def __init__(self, *args, eval_collator=None, eval_sets=None, speeder_args=None, stage: int | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator, self.eval_sets, self.speeder_args = eval_collator, eval_sets or {}, speeder_args
+        self.stage = stage
 
     def create_optimizer(self, model=None):
         """The configured optimizer (`--optim`) with two peak learning rates: `learning_rate` for LoRA and the modality
@@ -98,9 +105,15 @@ class SpeederSFTTrainer(SFTTrainer):
         with torch.no_grad():
             log_probs = logits.log_softmax(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
+            # the last entry counts the ranks whose loss is not finite: every rank stops at the same step
             gathered = self.accelerator.gather_for_metrics(torch.stack([
                 entropy.sum(), (logits.argmax(-1) == targets).sum().to(entropy.dtype),
-                torch.tensor(float(len(targets)), device=entropy.device)]).unsqueeze(0)).sum(0)
+                torch.tensor(float(len(targets)), device=entropy.device),
+                (~torch.isfinite(loss.detach())).to(entropy.dtype)]).unsqueeze(0)).sum(0)
+        if mode == "train" and gathered[3] > 0:
+            raise NonFiniteTrainingError(
+                non_finite_message(self.stage, self.state.global_step + 1, f"the training loss ({loss.item()})")
+            )
         if gathered[2] > 0:
             self._metrics[mode]["entropy"].append((gathered[0] / gathered[2]).item())
             self._metrics[mode]["mean_token_accuracy"].append((gathered[1] / gathered[2]).item())
@@ -119,7 +132,7 @@ class SpeederSFTTrainer(SFTTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         metrics = {}
         if "valid" in self.eval_sets:
-            rec = evaluate_recommendation(
+            rec, _ = evaluate_recommendation(
                 self.model, self.eval_collator, self.eval_sets["valid"], self.speeder_args.eval_batch_size,
                 self.speeder_args.max_eval_samples, generate=False, desc="valid",
             )
@@ -151,8 +164,17 @@ def data_fingerprint(data_dir: str, modalities) -> str:
     return hashlib.sha256("\n".join(revisions).encode()).hexdigest()[:16]
 
 
+def run_config(args: SpeederArguments, training_args: SpeederSFTConfig) -> dict:
+    """What a run folder records in `run_config.json`: the arguments, the training settings that change the
+    weights, and the `data_fingerprint` of what the run reads."""
+    modalities = [m for m in MODALITIES if m not in args.dropped_modalities]
+    return args.to_dict() | {"seed": training_args.seed, "learning_rate": training_args.learning_rate,
+                             "num_train_epochs": training_args.num_train_epochs, "max_steps": training_args.max_steps,
+                             "data": data_fingerprint(args.data_dir, modalities)}
+
+
 def check_run_config(run_dir: Path, config: dict) -> None:
-    """Records the run's config; a rerun/resume with a different config fails naming what differs.
+    """A rerun/resume of a recorded run with a different config fails naming what differs; nothing is written.
 
     Keys that an older record lacks are not compared, so runs recorded before a key was added still resume."""
     path = run_dir / RUN_CONFIG
@@ -165,8 +187,14 @@ def check_run_config(run_dir: Path, config: dict) -> None:
             raise ValueError(
                 f"{run_dir} holds a run with another config ({lines}). Use a new --output_dir, or the same values."
             )
-    else:
-        write_json_atomic(path, config)
+
+
+def record_run_config(run_dir: Path, config: dict) -> None:
+    """Records the run's config, once training really starts: a start that fails on its inputs (a wrong --data_dir,
+    missing features, a bad LoRA target) leaves no record, so the corrected rerun is not refused."""
+    check_run_config(run_dir, config)
+    if not (run_dir / RUN_CONFIG).exists():
+        write_json_atomic(run_dir / RUN_CONFIG, config)
 
 
 def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int | None,
@@ -216,15 +244,68 @@ def history_prefix_rows(rows: Dataset, min_history: int, seed: int) -> Dataset:
 
 
 def load_features(data_dir: str, args: SpeederArguments) -> ItemFeatureTable:
-    """The cached features of every modality that has a feature file with at least one present item."""
+    """The cached features of every modality that has a feature file with at least one present item, checked
+    against the built data (`check_features_match_data`)."""
     wanted = [m for m in MODALITIES if m not in args.dropped_modalities]
     on_disk = [m for m in wanted if (Path(data_dir) / "features" / f"{m}.safetensors").is_file()]
     if not on_disk:
         raise FileNotFoundError(f"No item features for {wanted} in {data_dir}/features: run "
                                 "`python -m datasets_builder features`.")
-    loaded = {m: (f, p.bool()) for m, (f, p) in load_item_features(data_dir, modalities=tuple(on_disk)).items()
-              if p.any()}
+    loaded = load_item_features(data_dir, modalities=tuple(on_disk))
+    check_features_match_data(data_dir, loaded)
+    loaded = {m: (f, p.bool()) for m, (f, p) in loaded.items() if p.any()}
     return ItemFeatureTable({m: f for m, (f, _) in loaded.items()}, {m: p for m, (_, p) in loaded.items()})
+
+
+def feature_manifest(path: Path) -> dict:
+    """The manifest `datasets_builder features` stores in a feature file's header; {} for a file without one."""
+    with safe_open(str(path), framework="pt") as handle:
+        return json.loads((handle.metadata() or {}).get("manifest", "null")) or {}
+
+
+def expected_data_fingerprint(modality: str, items: Dataset, stats: dict) -> str | None:
+    """The data fingerprint `datasets_builder features` records for `modality` on this build (see
+    `compute_item_features`): the item texts, the image paths with their file stamps, or the sequences' digest in
+    stats.json. None when the build does not say."""
+    if modality == "text":
+        return _digest(list(items["text"]))
+    if modality == "vision":
+        return _digest([[path, *_file_stamp(path)] for path in items["image_path"]])
+    return stats.get("fingerprints", {}).get("sequences")
+
+
+def check_features_match_data(data_dir: str, loaded: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Raises ValueError naming the feature file and the command that recomputes it when a file's rows are not the
+    built items: another row count than `DATA_DIR/items`, another data fingerprint than the build's (the data was
+    rebuilt after the features), or non-finite values. `loaded`: modality -> (features `(num_items, d)`, present
+    `(num_items,)`) as `load_item_features` returns them. Files without a manifest only have their rows checked."""
+    _, items, stats = load_built_dataset(data_dir)
+    manifests = {m: feature_manifest(Path(data_dir) / "features" / f"{m}.safetensors") for m in loaded}
+    encoders = {m: manifests[m].get("key", {}).get("encoder", DEFAULT_ENCODERS[m]) if m in manifests else "none"
+                for m in MODALITIES}
+    command = (f"`python -m datasets_builder features {shlex.quote(str(data_dir))} "
+               + " ".join(f"--{m}-encoder {shlex.quote(encoder)}" for m, encoder in encoders.items()) + "`")
+    for modality, (features, present) in loaded.items():
+        path = Path(data_dir) / "features" / f"{modality}.safetensors"
+        if features.shape[0] != len(items) or present.shape[0] != len(items):
+            raise ValueError(
+                f"{path} has {features.shape[0]} rows, but {Path(data_dir) / 'items'} has {len(items)} items: the "
+                f"features belong to another build of the data. Recompute them: {command}."
+            )
+        recorded = manifests[modality].get("key", {}).get("data_fingerprint")
+        expected = expected_data_fingerprint(modality, items, stats) if recorded is not None else None
+        if expected is not None and recorded != expected:
+            raise ValueError(
+                f"{path} was computed from other data than {data_dir} holds now (data fingerprint {recorded[:12]}, "
+                f"the build's {expected[:12]}): the data was rebuilt after the features. Recompute them: {command}."
+            )
+        finite = torch.isfinite(features).all(dim=-1)
+        if not finite.all():
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{path} holds non-finite values (NaN or inf) in the rows of {len(bad)} items, e.g. item indices "
+                f"{bad[:10]}. Recompute them: {command}."
+            )
 
 
 def modalities_in_data(data_dir: str) -> set[str]:
@@ -285,6 +366,24 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
     return get_peft_model(model, lora), tokenizer
 
 
+def evaluate_split(model, collator: SpeederCollator, data, split: str, args: SpeederArguments,
+                   predictions_file: Path, desc: str) -> dict:
+    """Metrics on a split's stored pools (the paper's one per sequence; the `<split>_pools` extra pools of the same
+    sequences under "extra_pools", when the data has them); writes every pool's prediction to `predictions_file`."""
+    metrics, records = evaluate_recommendation(model, collator, data[split], args.eval_batch_size,
+                                               args.max_eval_samples, generate=args.eval_generate, desc=desc)
+    extra = data.get(f"{split}_pools")
+    if extra is not None and len(extra):
+        sequences = {record["sequence_id"] for record in records}
+        extra = extra.filter(lambda batch: [s in sequences for s in batch["sequence_id"]], batched=True)
+        extra_metrics, extra_records = evaluate_recommendation(model, collator, extra, args.eval_batch_size,
+                                                               generate=args.eval_generate, desc=f"{desc}, extra pools")
+        metrics["extra_pools"] = extra_metrics
+        records += extra_records
+    write_predictions(predictions_file, records)
+    return metrics
+
+
 def stage_modalities(stage: Stage, features: ItemFeatureTable) -> tuple[str, ...]:
     return tuple(m for m in stage.modalities if m in features.features)
 
@@ -304,6 +403,7 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
     stage_args.output_dir = str(stage_dir)  # checkpoints, and TensorBoard events under runs/
     stage_args.num_train_epochs = parse_stage_epochs(args.stage_epochs).get(stage.number, stage_args.num_train_epochs)
     before = frozen_fingerprints(model)
+    state = PartialState()
     trainer = SpeederSFTTrainer(
         model=model,
         args=stage_args,
@@ -314,20 +414,23 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
         eval_collator=collator,
         eval_sets={k: data[k] for k in ("valid", "ppt_valid") if k in data},
         speeder_args=args,
+        stage=stage.number,
+        callbacks=[NonFiniteGradientCallback(stage.number)],
     )
     checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
     if checkpoint and not args.resume:
         print(f"Stage {stage.number}: {checkpoint} exists but --resume is off: training the stage from its start.")
     print(f"Stage {stage.number} ({stage.name}): modalities {list(modalities)}, {len(rows)} training rows, "
           f"{sum(model.get_parameter(n).numel() for n in trainable):,} trainable parameters")
+    if state.is_main_process:  # training starts: the run folder now belongs to this config
+        record_run_config(run_dir, run_config(args, training_args))
     trainer.train(resume_from_checkpoint=checkpoint if args.resume else None)
     check_frozen_unchanged(before, frozen_fingerprints(model))
-    state = PartialState()
     if state.is_main_process:  # with several processes, one writes the stage's artifacts
         model.save_pretrained(stage_dir / "adapter")
         tokenizer.save_pretrained(stage_dir / "adapter")
-        valid = evaluate_recommendation(model, collator, data["valid"], args.eval_batch_size, args.max_eval_samples,
-                                        generate=args.eval_generate, desc=f"stage {stage.number} valid")
+        valid = evaluate_split(model, collator, data, "valid", args, predictions_path(stage_dir / STAGE_DONE),
+                               desc=f"stage {stage.number} valid")
         if "ppt_valid" in data:
             valid.update(evaluate_ppt(model, collator, data["ppt_valid"], args.eval_batch_size, args.max_eval_samples))
         write_log(trainer.state.log_history, stage_dir)
@@ -344,13 +447,8 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
     args.resolved()
     run_dir = Path(training_args.output_dir)
     state = PartialState()
-    with state.main_process_first():
-        modalities = [m for m in MODALITIES if m not in args.dropped_modalities]
-        check_run_config(run_dir, args.to_dict() | {"seed": training_args.seed,
-                                                "learning_rate": training_args.learning_rate,
-                                                "num_train_epochs": training_args.num_train_epochs,
-                                                "max_steps": training_args.max_steps,
-                                                "data": data_fingerprint(args.data_dir, modalities)})
+    # compared before anything loads; recorded by `run_stage` once training starts (a failed start leaves no record)
+    check_run_config(run_dir, run_config(args, training_args))
     data, _, _ = load_built_dataset(args.data_dir)
     features = load_features(args.data_dir, args)
     in_data = modalities_in_data(args.data_dir)
@@ -383,8 +481,8 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
         model, tokenizer = build_model(args, features, training_args.seed, run_dir / f"stage{last}" / "adapter")
         collator = SpeederCollator(model.get_base_model().prompt_builder(tokenizer), features,
                                    stage_modalities(STAGES[last], features), args.max_history)
-        test = evaluate_recommendation(model, collator, data["test"], args.eval_batch_size, args.max_eval_samples,
-                                       generate=args.eval_generate, desc="test")
+        test = evaluate_split(model, collator, data, "test", args, predictions_path(run_dir / "results.json"),
+                              desc="test")
         results = {"stages": {str(k): v for k, v in stage_metrics.items()}, "test": test, "final_stage": last,
                    "config": args.to_dict()}
         write_json_atomic(run_dir / "results.json", results)
