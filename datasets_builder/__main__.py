@@ -71,6 +71,9 @@ def _add_sequencing_args(parser: argparse.ArgumentParser):
                        help="stored history keeps the most recent items (default 50)")
     group.add_argument("--num-candidates", metavar="M", default=5, help="candidate pool size m (default 5)",
                        type=_int_at_least(2, "; the target plus at least one negative"))
+    group.add_argument("--extra-pools", metavar="K", type=_int_at_least(0, "; 0 stores only the paper's one pool"),
+                       default=10, help="seeded candidate pools stored per valid/test sequence besides the paper's "
+                                        "one, in the valid_pools/test_pools splits (default 10)")
     group.add_argument("--augment-prefixes", action="store_true",
                        help="also add every prefix of a train sequence with >= --min-sequence-length items")
     group.add_argument("--seed", type=int, default=42, help="split, candidate, PPT (and SASRec) seed (default 42)")
@@ -121,7 +124,7 @@ def _feature_kwargs(args) -> dict:
 
 def _sequencing_kwargs(args) -> dict:
     names = ("min_item_interactions", "session_gap", "min_sequence_length", "max_history", "num_candidates",
-             "augment_prefixes", "seed")
+             "extra_pools", "augment_prefixes", "seed")
     return {name: getattr(args, name) for name in names}
 
 

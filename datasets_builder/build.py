@@ -3,7 +3,9 @@
 DATA_DIR layout (the contract the trainer, the model and the baselines read):
     items/       `Dataset` ordered by `item_index`: item_index, item_id, title, text, image_path, has_text, has_image
     sequences/   `DatasetDict`: train / valid / test (sequence_id, user_id, history, target, candidates, label) and
-                 ppt_train / ppt_valid (sequence_id, user_id, history, ppt_positions, ppt_label)
+                 ppt_train / ppt_valid (sequence_id, user_id, history, ppt_positions, ppt_label) and
+                 valid_pools / test_pools (the valid / test columns plus `pool`, 1..K: K = `extra_pools` more seeded
+                 pools of each valid / test sequence, in row order; empty when K = 0)
     stats.json   Table 1 columns, what every rule removed, split sizes, PPT counts, the build config, fingerprints
     image_urls.tsv  item_index, item_id, image URL from the metadata (only when the metadata has URLs)
     features/    {text,vision,id}.safetensors + .json manifests, written by the feature step (features.py)
@@ -36,13 +38,21 @@ from .readers import (
     read_item_metadata,
     template_fields,
 )
-from .sequencing import SPLIT_NAMES, make_sessions, sample_candidates, sample_ppt, split_sequences
+from .sequencing import (
+    POOL_SPLIT_NAMES,
+    SPLIT_NAMES,
+    make_sessions,
+    sample_candidates,
+    sample_extra_pools,
+    sample_ppt,
+    split_sequences,
+)
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("text", "vision", "id")
 DEFAULT_ENCODERS = {"text": "all-MiniLM-L6-v2", "vision": "efficientnet-lite0", "id": "sasrec"}
-BUILD_VERSION = 1  # bump when the build's output changes for the same config, so old outputs are rebuilt
+BUILD_VERSION = 2  # bump when the build's output changes for the same config, so old outputs are rebuilt
 ITEM_FEATURES = Features(
     {
         "item_index": Value("int64"),
@@ -64,6 +74,7 @@ SEQUENCE_FEATURES = Features(
         "label": Value("int64"),
     }
 )
+POOL_FEATURES = Features({**SEQUENCE_FEATURES, "pool": Value("int64")})
 PPT_FEATURES = Features(
     {
         "sequence_id": Value("int64"),
@@ -89,6 +100,8 @@ class BuildConfig:
         text_template: optional format string for the item text, e.g. `"{title} ({release_year}), {class}"`.
         session_gap: seconds; a longer gap starts a new sequence; None = one sequence per user.
         num_candidates: m, the candidate pool size (target + m - 1 never-interacted items).
+        extra_pools: K, the seeded pools stored per valid / test sequence besides the paper's one
+            (`valid_pools` / `test_pools`); 0 stores none.
     """
 
     format: str
@@ -108,6 +121,7 @@ class BuildConfig:
     min_sequence_length: int = 9
     max_history: int = 50
     num_candidates: int = 5
+    extra_pools: int = 10
     augment_prefixes: bool = False
     require_title: bool = False
     require_image: bool = False
@@ -128,6 +142,7 @@ class BuildConfig:
             (self.session_gap is None or self.session_gap >= 0, "--session-gap must be >= 0 seconds or 'none'"),
             (self.max_history >= 1, "--max-history must be >= 1"),
             (self.num_candidates >= 2, "--num-candidates must be >= 2 (the target plus at least one negative)"),
+            (self.extra_pools >= 0, "--extra-pools must be >= 0 (0 stores only the paper's one pool per sequence)"),
             (self.timestamp_unit in (None, "s", "ms"), "--timestamp-unit must be 's' or 'ms'"),
             (os.path.isfile(self.interactions), f"--interactions: no file {self.interactions}"),
             (self.metadata is None or os.path.isfile(self.metadata), f"--metadata: no file {self.metadata}"),
@@ -290,8 +305,9 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
     in_table = index_of_code[cleaned_items] >= 0
     interacted = _group_sorted(user_codes[in_table], index_of_code[cleaned_items[in_table]])
 
-    seeds = np.random.SeedSequence(config.seed).spawn(3)
-    split_rng, candidate_rng, ppt_rng = (np.random.default_rng(seed) for seed in seeds)
+    # spawn(4)[:3] == spawn(3): the 4th child (extra pools) leaves the other streams, and so the paper's splits, as is
+    seeds = np.random.SeedSequence(config.seed).spawn(4)
+    split_rng, candidate_rng, ppt_rng, pool_rng = (np.random.default_rng(seed) for seed in seeds)
     split_index = split_sequences(len(sessions), split_rng)
     sequences = [index_of_code[sessions.sequence(s)] for s in range(len(sessions))]
     samples = {name: [(int(s), int(s), sequences[s]) for s in split_index[name]] for name in SPLIT_NAMES}
@@ -328,6 +344,20 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
                 for column, value in zip(PPT_FEATURES, (sequence_id, user_id, history, *ppt)):
                     rows[column].append(value)
         splits[f"ppt_{name}"] = rows
+    for name in ("valid", "test"):  # K more pools per valid / test row, in row order, from their own stream
+        rows = {column: [] for column in POOL_FEATURES}
+        stored = splits[name]
+        for k, (_, source, _) in enumerate(tqdm(samples[name], desc=f"{name} extra pools", leave=False)):
+            user = int(sessions.users[source])
+            pools = sample_extra_pools(
+                stored["target"][k], interacted[user], num_items, config.num_candidates, config.extra_pools, pool_rng
+            )
+            for pool, (candidates, label) in enumerate(pools, start=1):
+                row = {column: stored[column][k] for column in SEQUENCE_FEATURES}
+                row.update(candidates=candidates, label=label, pool=pool)
+                for column, value in row.items():
+                    rows[column].append(value)
+        splits[f"{name}_pools"] = rows
 
     interactions = int(sessions.offsets[-1])
     stats = {
@@ -345,6 +375,8 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
         "items_missing_text": sum(not has for has in item_rows["has_text"]),
         "items_missing_image": sum(not has for has in item_rows["has_image"]),
         "split_sizes": {name: len(splits[name]["sequence_id"]) for name in SPLIT_NAMES},
+        "extra_pools": config.extra_pools,
+        "pool_split_sizes": {name: len(splits[name]["sequence_id"]) for name in POOL_SPLIT_NAMES},
         "augmented_train_samples": augmented,
         "ppt_counts": {
             name: {
@@ -356,13 +388,19 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
         "histories_truncated": sum(
             len(sequence) - 1 > config.max_history for name in SPLIT_NAMES for _, _, sequence in samples[name]
         ),
-        "fingerprints": {"sequences": sequences_fingerprint(splits, num_items)},
+        # without the extra pools, which no encoder trains on: a changed --extra-pools keeps the ID features
+        "fingerprints": {
+            "sequences": sequences_fingerprint(
+                {name: rows for name, rows in splits.items() if name not in POOL_SPLIT_NAMES}, num_items
+            )
+        },
         "config": _config_record(config),
         "inputs": inputs,
         "build_version": BUILD_VERSION,
     }
 
     features = {name: PPT_FEATURES if name.startswith("ppt_") else SEQUENCE_FEATURES for name in splits}
+    features.update({name: POOL_FEATURES for name in POOL_SPLIT_NAMES})
     dataset = DatasetDict({name: Dataset.from_dict(rows, features=features[name]) for name, rows in splits.items()})
     items = Dataset.from_dict(item_rows, features=ITEM_FEATURES)
     url_lines = [f"{index}\t{item}\t{url}\n" for index, (item, url) in enumerate(zip(item_rows["item_id"], urls))]

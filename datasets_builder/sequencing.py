@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SPLIT_NAMES = ("train", "valid", "test")
+POOL_SPLIT_NAMES = ("valid_pools", "test_pools")  # extra seeded pools of the valid / test sequences
 SPLIT_RATIOS = (0.7, 0.2, 0.1)
 PPT_ANSWERS = ("yes", "no")
 
@@ -166,6 +167,16 @@ def sample_candidates(
     order = rng.permutation(num_candidates)
     candidates = [candidates[k] for k in order]
     return candidates, int(np.flatnonzero(order == 0)[0])
+
+
+def sample_extra_pools(
+    target: int, interacted: np.ndarray, num_items: int, num_candidates: int, num_pools: int, rng: np.random.Generator
+) -> list[tuple[list[int], int]]:
+    """`num_pools` more rule-7 pools of one target, drawn one after another from `rng` (see `sample_candidates`).
+
+    Returns `[(candidates, label)]`, one per pool; empty when `num_pools` is 0.
+    """
+    return [sample_candidates(target, interacted, num_items, num_candidates, rng) for _ in range(num_pools)]
 
 
 def ppt_label(positions: list[int]) -> str:
