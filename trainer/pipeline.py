@@ -280,13 +280,15 @@ def check_features_match_data(data_dir: str, loaded: dict[str, tuple[torch.Tenso
     rebuilt after the features), or non-finite values. `loaded`: modality -> (features `(num_items, d)`, present
     `(num_items,)`) as `load_item_features` returns them. Files without a manifest only have their rows checked."""
     _, items, stats = load_built_dataset(data_dir)
-    manifests = {m: feature_manifest(Path(data_dir) / "features" / f"{m}.safetensors") for m in loaded}
+    files = {m: Path(data_dir) / "features" / f"{m}.safetensors" for m in MODALITIES}
+    manifests = {m: feature_manifest(path) for m, path in files.items() if path.is_file()}
+    # the command that recomputes every file there is with its own encoder (and no file where there is none)
     encoders = {m: manifests[m].get("key", {}).get("encoder", DEFAULT_ENCODERS[m]) if m in manifests else "none"
                 for m in MODALITIES}
     command = (f"`python -m datasets_builder features {shlex.quote(str(data_dir))} "
                + " ".join(f"--{m}-encoder {shlex.quote(encoder)}" for m, encoder in encoders.items()) + "`")
     for modality, (features, present) in loaded.items():
-        path = Path(data_dir) / "features" / f"{modality}.safetensors"
+        path = files[modality]
         if features.shape[0] != len(items) or present.shape[0] != len(items):
             raise ValueError(
                 f"{path} has {features.shape[0]} rows, but {Path(data_dir) / 'items'} has {len(items)} items: the "
