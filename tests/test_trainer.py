@@ -1,6 +1,11 @@
 """The MPO trainer: stages end to end, the stage table, resume, ablation switches, metrics and bad input."""
 
 import json
+import runpy
+import shutil
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,10 +13,15 @@ from datasets import Dataset
 from speeder_fixtures import write_planted_dataset, write_salient_dataset
 from safetensors.torch import load_file, save_file
 
-from datasets_builder.build import train_subset
+import datasets_builder.features
+import trainer
+from datasets_builder import (BuildConfig, SyntheticConfig, build_dataset, compute_item_features,
+                              generate_synthetic_dataset)
+from datasets_builder.build import load_built_dataset, train_subset
 from metrics import compute_choice_metrics, compute_ranking_metrics
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
-from trainer.collator import IGNORE_INDEX
+from trainer.callbacks import NonFiniteTrainingError
+from trainer.collator import IGNORE_INDEX, SpeederCollator
 from trainer.pipeline import (SpeederSFTTrainer, build_model, history_prefix_rows, load_features, training_rows,
                               warmup_cosine)
 from trainer.run import main
@@ -336,3 +346,151 @@ def test_results_json_is_valid(data_dir, tmp_path):
     run(data_dir, tmp_path, "--stages", "1", "--max_steps", "1")
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["final_stage"] == 1 and results["config"]["stages"] == "1"
+
+
+# --- nothing silently wrong: stale or non-finite features, failed starts, non-finite training, CLI errors ---------
+
+
+class RandomTextEncoder:
+    """Stands in for a sentence encoder: texts -> `[B, 12]`."""
+
+    def __init__(self, *args, **kwargs):
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, texts):
+        return torch.randn(len(texts), 12, generator=self.generator)
+
+
+def random_sasrec(name, data_dir, seed, **kwargs):
+    """Stands in for `baselines.train_baseline("sasrec", ...)`: one random `[num_items, 8]` embedding table."""
+    _, items, _ = load_built_dataset(data_dir)
+    return types.SimpleNamespace(item_embeddings=torch.randn(len(items), 8), test_metrics={})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """`build(out, **BuildConfig overrides)` builds the synthetic raw data set as `datasets_builder build` does;
+    `features(data_dir)` computes its text and ID features as `datasets_builder features` does (stand-in encoders)."""
+    root = tmp_path_factory.mktemp("built")
+    generate_synthetic_dataset(root / "raw", SyntheticConfig(
+        rule="session-shape", num_users=40, num_items=30, num_shapes=3, sessions_per_user=1, min_session_length=6,
+        max_session_length=8, image_size=16, seed=1))
+    (root / "encoder").mkdir()
+    (root / "encoder" / "config.json").write_text("{}")
+
+    def build(out, **overrides):
+        config = BuildConfig(**{"format": "amazon2018", "interactions": str(root / "raw" / "reviews.jsonl"),
+                                "metadata": str(root / "raw" / "metadata.jsonl"), "min_item_interactions": 1,
+                                "min_sequence_length": 5, **overrides})
+        build_dataset(config, out)
+        return out
+
+    def features(data_dir):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(datasets_builder.features, "load_encoder", lambda *args, **kwargs: RandomTextEncoder())
+            patch.setitem(sys.modules, "baselines", types.SimpleNamespace(train_baseline=random_sasrec,
+                                                                           __version__="test"))
+            compute_item_features(data_dir, text_encoder=str(root / "encoder"), vision_encoder="none",
+                                  id_encoder="sasrec")
+        return data_dir
+
+    return types.SimpleNamespace(build=build, features=features)
+
+
+def test_features_of_another_build_are_refused_naming_the_file_and_the_command(built, tmp_path):
+    data_dir = built.features(built.build(tmp_path / "data"))
+    run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1")  # features of this build: trains
+    old_features = tmp_path / "old-features"
+    shutil.copytree(data_dir / "features", old_features)
+
+    built.build(tmp_path / "data", min_item_interactions=8)  # fewer items; the old features stay
+    shutil.rmtree(data_dir / "features")
+    shutil.copytree(old_features, data_dir / "features")
+    _, items, _ = load_built_dataset(data_dir)
+    assert len(items) < 30
+    with pytest.raises(ValueError, match=rf"text\.safetensors has 30 rows, but .*items has {len(items)} items.*"
+                                         r"`python -m datasets_builder features .* --text-encoder .*encoder "
+                                         r"--vision-encoder none --id-encoder sasrec`"):
+        run(data_dir, tmp_path / "run2", "--stages", "1", "--max_steps", "1")
+    assert not (tmp_path / "run2" / "run_config.json").exists()
+
+    built.build(tmp_path / "data", seed=7)  # the same 30 items, other splits: SASRec's rows are stale
+    shutil.rmtree(data_dir / "features")
+    shutil.copytree(old_features, data_dir / "features")
+    with pytest.raises(ValueError, match=r"id\.safetensors was computed from other data .*rebuilt after the "
+                                         r"features. Recompute them: `python -m datasets_builder features"):
+        run(data_dir, tmp_path / "run3", "--stages", "1", "--max_steps", "1")
+    built.features(data_dir)  # the command the message names
+    run(data_dir, tmp_path / "run3", "--stages", "1", "--max_steps", "1")
+
+
+def test_a_feature_file_with_a_nan_column_is_refused(tmp_path):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text", "id"))
+    features = load_file(str(data_dir / "features" / "text.safetensors"))
+    features["features"][:, 3] = float("nan")
+    save_file(features, str(data_dir / "features" / "text.safetensors"))
+    with pytest.raises(ValueError, match=r"text\.safetensors holds .*python -m datasets_builder features"):
+        run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1", "--align_item_embeddings", "false")
+    assert not list(tmp_path.glob("run/stage1/adapter"))
+
+
+def test_a_failed_start_does_not_refuse_the_corrected_rerun(data_dir, tmp_path):
+    steps = ["--stages", "1", "--max_steps", "1"]
+    with pytest.raises(FileNotFoundError, match="build the data set first"):  # a typo in --data_dir
+        run(tmp_path / "no-such-data", tmp_path / "run", *steps)
+    with pytest.raises(ValueError, match="its linear layers are"):  # a typo in the LoRA targets
+        run(data_dir, tmp_path / "run", *steps, "--lora_target_modules", "q_prj")
+    assert not (tmp_path / "run" / "run_config.json").exists()
+    run(data_dir, tmp_path / "run", *steps)
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text())["data_dir"] == str(data_dir)
+
+
+def test_features_computed_after_a_failed_start_are_used_by_the_resumed_run(tmp_path):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text",))
+    (data_dir / "features").rename(tmp_path / "features")  # `datasets_builder features` not run yet
+    with pytest.raises(FileNotFoundError, match="python -m datasets_builder features"):
+        run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1")
+    (tmp_path / "features").rename(data_dir / "features")
+    results = run(data_dir, tmp_path / "run", "--stages", "1", "--max_steps", "1", "--resume", "true")
+    assert results["final_stage"] == 1
+
+
+def test_a_non_finite_training_loss_stops_the_run_naming_stage_and_step(data_dir, tmp_path, monkeypatch):
+    original = SpeederCollator.__call__
+
+    def nan_features_from_the_third_batch(self, rows):
+        batch = original(self, rows)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:  # e.g. a NaN that reached the batch
+            batch["text_features"][0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(SpeederCollator, "__call__", nan_features_from_the_third_batch)
+    with pytest.raises(NonFiniteTrainingError, match=r"Stage 1, step 3: the training loss \(nan\) is not finite"):
+        run(data_dir, tmp_path, "--stages", "1", "--max_steps", "4")
+    assert not (tmp_path / "stage1" / "stage_metrics.json").exists()
+
+
+def test_non_finite_gradients_stop_the_run_naming_stage_and_step(data_dir, tmp_path, monkeypatch):
+    original = SpeederSFTTrainer.training_step
+
+    def nan_gradient_at_step_2(self, model, inputs, *args, **kwargs):
+        loss = original(self, model, inputs, *args, **kwargs)
+        if self.state.global_step == 1:
+            next(p for n, p in model.named_parameters() if "lora_B" in n).grad[0, 0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(SpeederSFTTrainer, "training_step", nan_gradient_at_step_2)
+    with pytest.raises(NonFiniteTrainingError, match=r"Stage 1, step 2: the gradient of \['.*lora_B.*'\] is not"):
+        run(data_dir, tmp_path, "--stages", "1", "--max_steps", "3")
+
+
+@pytest.mark.parametrize("script, extra", [("run.py", []), ("ablations.py", ["--ablations", "wo_ppt"])])
+def test_cli_prints_a_users_mistake_as_one_line_and_exits_2(tmp_path, capsys, monkeypatch, script, extra):
+    monkeypatch.setattr(sys, "argv", [script, "--data_dir", str(tmp_path / "no-such-data"), "--output_dir",
+                                      str(tmp_path / "run"), *TINY, *extra])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(Path(trainer.__file__).parent / script), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-data" in err and "Traceback" not in err

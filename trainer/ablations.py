@@ -3,7 +3,8 @@
     accelerate launch trainer/ablations.py --config configs/demo.yaml --ablations all
     accelerate launch trainer/ablations.py --config configs/demo.yaml --ablations wo_ppt,wo_ppl
 
-Every other argument is a `trainer/run.py` argument and applies to every ablation run. Finished runs are skipped.
+Every other argument is a `trainer/run.py` argument and applies to every ablation run. Finished runs are skipped. A
+mistake in the inputs ends with `error: <message>` and exit code 2.
 """
 
 import copy
@@ -14,6 +15,7 @@ from trl import TrlParser
 
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.pipeline import train_stages
+from trainer.run import run_cli
 
 
 @dataclass
@@ -42,4 +44,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

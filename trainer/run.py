@@ -2,13 +2,19 @@
 
     accelerate launch trainer/run.py --config configs/tiny.yaml [--stages 2,3] [--ablation wo_ppt] [--resume true]
 
-Every field of `SpeederArguments` and of TRL's `SFTConfig` can be set in the YAML file or on the command line.
+Every field of `SpeederArguments` and of TRL's `SFTConfig` can be set in the YAML file or on the command line. A
+mistake in the inputs (a bad value, a missing folder or file) ends with `error: <message>` and exit code 2.
 """
+
+import sys
+from collections.abc import Callable
 
 from trl import TrlParser
 
 from trainer.arguments import SpeederArguments, SpeederSFTConfig
 from trainer.pipeline import train_stages
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # what the trainer raises for bad inputs, with a message naming the fix
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -17,5 +23,15 @@ def main(argv: list[str] | None = None) -> dict:
     return train_stages(args, training_args)
 
 
+def run_cli(entry: Callable[[], object]) -> None:
+    """Runs a command's `main`: a user's mistake prints `error: <message>` on stderr and exits with code 2 (no
+    traceback); any other exception is a bug and keeps its traceback."""
+    try:
+        entry()
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    run_cli(main)
