@@ -7,6 +7,10 @@ the tokenizer with `<item>`, `generation_config.json`, the item cache (`item_emb
 
 Adapter only: the PEFT adapter (LoRA + the trained item encoder and position table) instead of the model, with the
 tokenizer, the item cache, the card and `speeder_base.json`, the note of the base model the adapter goes on.
+
+The target is never the run folder or the data folder, nor inside or above either; `overwrite` replaces only an
+earlier export (a folder with `speeder_export.json`). Exported files get the modes of a plain write (0666 / 0777 less
+the umask), not the private 0600 that safetensors and the run's files have.
 """
 
 import json
@@ -36,8 +40,8 @@ ENCODE_BATCH = 1024
 BASE_CONFIG_KEYS = (
     "modalities", "text_feature_size", "vision_feature_size", "id_feature_size", "fusion_hidden_size",
     "fusion_num_attention_heads", "fusion_intermediate_size", "num_modality_expert_layers",
-    "num_multimodal_expert_layers", "fusion_dropout", "gate_type", "max_history_length", "use_history_positions",
-    "candidate_labels",
+    "num_multimodal_expert_layers", "fusion_dropout", "gate_type", "gate_bias_init", "max_history_length",
+    "use_history_positions", "candidate_labels",
 )
 
 
@@ -158,10 +162,10 @@ def export_run(
         overwrite: replace an existing `out`.
     """
     out = Path(out).absolute()
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite.")
     run = read_run(run_dir, stage)
     args = run.arguments(data_dir)
+    sources = {"run folder": run.run_dir, "data folder": args.data_dir}
+    check_export_target(out, sources, overwrite)
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(
             f"The run's data folder {args.data_dir} is gone: pass its new place with --data-dir."
@@ -180,9 +184,6 @@ def export_run(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the exported folder is not
     try:
         if adapter_only:
             for name in ADAPTER_FILES:
@@ -215,11 +216,46 @@ def export_run(
         example = _usage_example(sequences, items, cache, args.max_history)
         card = model_card(run, args, stats, info, curves, example, benchmark_data, license=license)
         card.save(tmp / "README.md")
+        _plain_modes(tmp)  # mkdtemp, safetensors and the run's copied files are private (0700 / 0600)
+        check_export_target(out, sources, overwrite)  # again: the folder may have changed meanwhile
         _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_export_target(out: Path, sources: dict[str, str | os.PathLike], overwrite: bool):
+    """Refuse an export target that is, contains or lies inside one of `sources` (`{"run folder": path, ...}`), an
+    existing non-empty target without `overwrite`, and with it anything but an earlier export."""
+    target = Path(out).resolve()
+    for label, source in sources.items():
+        source = Path(source).resolve()
+        relation = "is" if target == source else "is inside" if source in target.parents else None
+        relation = relation or ("contains" if target in source.parents else None)
+        if relation:
+            raise ValueError(
+                f"--out {out} {relation} the {label} {source}: the export would write into or replace it. Choose "
+                f"an --out outside {source}."
+            )
+    if not os.path.lexists(out) or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite.")
+    if out.is_symlink() or not (out / EXPORT_INFO).is_file():
+        raise FileExistsError(
+            f"{out} is not a folder written by `python -m hub_upload export` (it has no {EXPORT_INFO}): --overwrite "
+            "replaces only an earlier export. Choose another --out, or move it away yourself."
+        )
+
+
+def _plain_modes(folder: Path):
+    """Gives `folder` and everything in it the modes of a plain write: 0777 (folders) / 0666 (files) less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_folder(tmp: Path, out: Path):
@@ -294,4 +330,7 @@ def _usage_example(sequences, items, cache: SpeederItemCache, max_history: int) 
     return {"split": None, "history": first[:1], "candidates": first[1:], "target": None}
 
 
-__all__ = ["EXPORT_INFO", "ITEM_CACHE_FILE", "ITEM_TABLE_FILE", "TrainingRun", "export_run", "is_run_dir", "read_run"]
+__all__ = [
+    "EXPORT_INFO", "ITEM_CACHE_FILE", "ITEM_TABLE_FILE", "TrainingRun", "check_export_target", "export_run",
+    "is_run_dir", "read_run",
+]

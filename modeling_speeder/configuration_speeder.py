@@ -30,7 +30,9 @@ class SpeederConfig(PretrainedConfig):
         num_modality_expert_layers (`int`): `L1`, MoME layers with hard-routed T/V/S experts.
         num_multimodal_expert_layers (`int`): `L2`, MoME layers with one multimodal expert.
         fusion_dropout (`float`): dropout inside MoME, in [0, 1).
-        gate_type (`str`): gate on non-text modalities before MoME: `"tanh"` (zero-initialised), `"relu"` or `"none"`.
+        gate_type (`str`): gate on non-text modalities before MoME: `"tanh"` (Eq. 18), `"relu"` or `"none"`.
+        gate_bias_init (`float`): start value of a tanh gate's bias `b` (its weight starts at 0): 0 is the paper's
+            closed gate; a positive value passes `tanh(b)` of the modality from the first step.
         max_history_length (`int`): rows of the Position Prompt Learning table (longest history the model reads).
         use_history_positions (`bool`): add the PPL table to history items (False = the "w/o PPL" ablation).
         item_token_id (`int`): id of the `<item>` placeholder token in the backbone's vocabulary.
@@ -54,6 +56,7 @@ class SpeederConfig(PretrainedConfig):
     num_multimodal_expert_layers: int = 1
     fusion_dropout: float = 0.0
     gate_type: str = "tanh"
+    gate_bias_init: float = 0.0
     max_history_length: int = 50
     use_history_positions: bool = True
     item_token_id: int | None = None

@@ -101,8 +101,9 @@ class SpeederMoMELayer(nn.Module):
 class SpeederModalityGate(nn.Module):
     """`e = act(A_tan e + b) ⊙ e` on a non-text modality (MPO stage 2), `(num_items, d_f)` → `(num_items, d_f)`.
 
-    A tanh gate starts at zero (no influence at init, like Flamingo's gates); a ReLU gate starts open (bias 1),
-    since a closed ReLU gate would never receive a gradient.
+    A tanh gate starts with `A_tan = 0` and `b = config.gate_bias_init` (0, the paper's start, passes nothing and
+    sends its adapter no gradient until `A_tan` grows; a small positive start passes `tanh(b)` of the modality from
+    the first step); a ReLU gate starts open (bias 1), since a closed ReLU gate would never receive a gradient.
     """
 
     def __init__(self, config: SpeederConfig):
@@ -111,10 +112,13 @@ class SpeederModalityGate(nn.Module):
         self.weight = nn.Parameter(torch.empty(config.fusion_hidden_size, config.fusion_hidden_size))
         self.bias = nn.Parameter(torch.empty(config.fusion_hidden_size))
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def activation(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The gate's value `act(A_tan e + b)`, `(num_items, d_f)`."""
         gate = nn.functional.linear(embeddings, self.weight, self.bias)
-        gate = torch.tanh(gate) if self.gate_type == "tanh" else torch.relu(gate)
-        return gate * embeddings
+        return torch.tanh(gate) if self.gate_type == "tanh" else torch.relu(gate)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.activation(embeddings) * embeddings
 
 
 class SpeederItemEncoder(nn.Module):
@@ -144,6 +148,25 @@ class SpeederItemEncoder(nn.Module):
             nn.Linear(config.hidden_size, config.hidden_size),
         )
 
+    def adapt(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
+        """`A_m` of one modality's features `(num_items, feature_size)` → `(num_items, d_f)`, before its gate."""
+        feature = feature.to(self.adapters[modality].weight.dtype)
+        if self.normalize_features:  # unit RMS: every modality enters on one scale, whatever its encoder
+            feature = feature * torch.rsqrt(feature.pow(2).mean(-1, keepdim=True) + 1e-12)
+        return self.adapters[modality](feature)
+
+    @torch.no_grad()
+    def gate_openness(self, features: dict[str, torch.Tensor | None], modality_mask: torch.Tensor) -> dict[str, float]:
+        """Per gated modality, the mean gate value `act(A_tan e + b)` over the items it is present for and the `d_f`
+        channels: 0 = shut, 1 = fully open (a ReLU gate may exceed 1). Modalities absent from every item are left
+        out."""
+        openness = {}
+        for modality, gate in self.gates.items():
+            rows = modality_mask[:, MODALITIES.index(modality)].bool()
+            if features.get(modality) is not None and rows.any():
+                openness[modality] = gate.activation(self.adapt(modality, features[modality][rows])).mean().item()
+        return openness
+
     def forward(
         self, features: dict[str, torch.Tensor | None], modality_mask: torch.Tensor, open_gates: bool = False
     ) -> torch.Tensor:
@@ -167,10 +190,7 @@ class SpeederItemEncoder(nn.Module):
                     present.shape[0], self.adapters[modality].in_features, device=present.device,
                     dtype=self.adapters[modality].weight.dtype,
                 )
-            feature = feature.to(self.adapters[modality].weight.dtype)
-            if self.normalize_features:  # unit RMS: every modality enters on one scale, whatever its encoder
-                feature = feature * torch.rsqrt(feature.pow(2).mean(-1, keepdim=True) + 1e-12)
-            token = self.adapters[modality](feature)
+            token = self.adapt(modality, feature)
             if modality in self.gates and not open_gates:
                 token = self.gates[modality](token)
             tokens.append(token)
@@ -198,7 +218,7 @@ class SpeederPreTrainedModel(PreTrainedModel):
         if isinstance(module, SpeederModalityGate):
             if module.gate_type == "tanh":
                 init.zeros_(module.weight)
-                init.zeros_(module.bias)
+                init.constant_(module.bias, self.config.gate_bias_init)
             else:
                 init.normal_(module.weight, std=self.config.text_config.initializer_range)
                 init.ones_(module.bias)

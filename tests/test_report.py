@@ -36,6 +36,8 @@ def test_ablations_and_report_show_every_row(tmp_path):
     report = write_report(["--run", str(tmp_path / "run")]).read_text()
     assert "| SASRec | 0.5000 | 1.0000 | 0.5000 | 0.7000 |" in report
     assert "### Intervals" in report
+    assert "| stage | id gate | vision gate |" in report  # the run's tanh gates, measured after each stage
+    assert (tmp_path / "run" / "report" / "gates.png").stat().st_size > 0
     sasrec_row = next(line for line in report.splitlines() if line.startswith("| SASRec | 1.0000 [1.0000, 1.0000]"))
     difference = 1 - results["test"]["vhr@1"]
     assert f"| -{difference:.4f} [" in sasrec_row or difference == 0

@@ -48,6 +48,11 @@ class SpeederArguments:
     )
     use_history_positions: bool = field(default=True, metadata={"help": "Position Prompt Learning (PPL)."})
     gate_type: str = field(default="tanh", metadata={"help": f"One of {list(GATE_TYPES)}."})
+    gate_bias_init: float = field(
+        default=0.0,
+        metadata={"help": "Start value of each tanh gate's bias (its weight starts at 0): 0 is the paper's closed "
+                          "gate; a positive value passes tanh(b) of the gated modality from the first step."},
+    )
     fusion_hidden_size: int = 256
     fusion_num_attention_heads: int = 4
     fusion_intermediate_size: int = 1024

@@ -337,6 +337,7 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
         max_history_length=args.max_history,
         use_history_positions=args.use_history_positions,
         gate_type=args.gate_type,
+        gate_bias_init=args.gate_bias_init,
         fusion_hidden_size=args.fusion_hidden_size,
         fusion_num_attention_heads=args.fusion_num_attention_heads,
         fusion_intermediate_size=args.fusion_intermediate_size,
@@ -366,6 +367,16 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
         target_modules=args.target_modules, modules_to_save=modules_to_save, task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora), tokenizer
+
+
+def gate_openness(model, features: ItemFeatureTable, modalities: tuple[str, ...], seed: int) -> dict[str, float]:
+    """Mean gate value per gated modality of the stage (0 = shut, 1 = open), over a seeded sample of the items."""
+    encoder = model.get_base_model().model.item_encoder
+    items = torch.randperm(features.num_items, generator=torch.Generator().manual_seed(seed))[:ALIGN_MAX_ITEMS]
+    inputs = features.gather(items, modalities)
+    parameter = next(encoder.parameters())
+    features_in = {m: inputs[f"{m}_features"].to(parameter.device) for m in modalities if f"{m}_features" in inputs}
+    return encoder.gate_openness(features_in, inputs["modality_mask"].to(parameter.device))
 
 
 def evaluate_split(model, collator: SpeederCollator, data, split: str, args: SpeederArguments,
@@ -438,7 +449,8 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
         write_log(trainer.state.log_history, stage_dir)
         plot_training_curve(trainer.state.log_history, stage_dir / "training_curve.png", f"Stage {stage.number}")
         metrics = {"stage": stage.number, "modalities": list(modalities), "train_rows": len(rows),
-                   "train_runtime_s": trainer.state.log_history[-1].get("train_runtime"), "valid": valid}
+                   "train_runtime_s": trainer.state.log_history[-1].get("train_runtime"), "valid": valid,
+                   "gate_openness": gate_openness(model, features, modalities, training_args.seed)}
         write_json_atomic(stage_dir / STAGE_DONE, metrics)  # written last: marks the stage finished
     state.wait_for_everyone()
     return json.loads((stage_dir / STAGE_DONE).read_text())

@@ -103,6 +103,39 @@ def interval_table(predictions: dict[str, list[dict]], reference: str = "Speeder
     return "\n".join(lines) + "\n"
 
 
+def gate_table(stages: dict[str, dict]) -> str:
+    """How far each gate is open at the end of each stage (mean gate value; 0 = shut, 1 = open)."""
+    gated = sorted({m for stage in stages.values() for m in stage.get("gate_openness", {})})
+    if not gated:
+        return ""
+    lines = ["| stage | " + " | ".join(f"{m} gate" for m in gated) + " |", "| --- |" + " --- |" * len(gated)]
+    for number, stage in sorted(stages.items()):
+        openness = stage.get("gate_openness", {})
+        lines.append(f"| {number} | " + " | ".join(f"{openness[m]:.3f}" if m in openness else "–" for m in gated)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_gates(stages: dict[str, dict], path: Path) -> bool:
+    """Bars of each gate's openness per stage; False (nothing drawn) when no stage had a gate."""
+    gated = sorted({m for stage in stages.values() for m in stage.get("gate_openness", {})})
+    if not gated:
+        return False
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    numbers = sorted(stages)
+    width = 0.8 / len(gated)
+    for k, modality in enumerate(gated):
+        values = [stages[n].get("gate_openness", {}).get(modality, 0.0) for n in numbers]
+        ax.bar([i + k * width for i in range(len(numbers))], values, width, label=f"{modality} gate")
+    ax.set_xticks([i + width * (len(gated) - 1) / 2 for i in range(len(numbers))], [f"stage {n}" for n in numbers])
+    ax.set(ylabel="mean gate value", ylim=(0, 1), title="How far each tanh gate is open")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_models(models: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(models) + 2, 3.2))
     names = list(models)
@@ -144,6 +177,9 @@ def write_report(
                   interval_table(found["predictions"])]
     lines += ["## Stages (valid split)", "", table({f"stage {k}": v["valid"] for k, v in
                                                     sorted(found["results"]["stages"].items())})]
+    if plot_gates(found["results"]["stages"], out_dir / "gates.png"):
+        lines += ["Gate openness at the end of each stage (mean of `tanh(A e + b)` over items and channels):", "",
+                  gate_table(found["results"]["stages"]), "![gate openness per stage](gates.png)", ""]
     for number in sorted(found["results"]["stages"]):
         curve = run_dir / f"stage{number}" / "training_curve.png"
         if curve.is_file():
