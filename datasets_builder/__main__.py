@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"--metadata {args.out}/metadata.jsonl --image-dir {args.out}/images "
                 "--image-pattern '{item_id}.png' --out DATA_DIR"
             )
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:  # the user's to fix: no traceback
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -13,7 +13,9 @@ DATA_DIR layout (the contract the trainer, the model and the baselines read):
 Items in the interactions but not in the metadata are kept with no text (`has_text` False) and counted in
 `items_missing_metadata`; `--require-title` / `--require-image` drop items without them instead (the paper's choice).
 The build is atomic: everything is written to a temporary folder in DATA_DIR and moved into place at the end, with
-stats.json last; a rerun with the same config and unchanged inputs is skipped.
+stats.json last; a rerun with the same config and unchanged inputs is skipped. It replaces only its own earlier
+outputs: a DATA_DIR whose `items/`, `sequences/`, `image_urls.tsv` or `stats.json` were not written by a build is
+refused, naming them (other files in DATA_DIR are never touched).
 """
 
 import dataclasses
@@ -52,6 +54,11 @@ logger = logging.getLogger(__name__)
 
 MODALITIES = ("text", "vision", "id")
 DEFAULT_ENCODERS = {"text": "all-MiniLM-L6-v2", "vision": "efficientnet-lite0", "id": "sasrec"}
+BUILD_OUTPUTS = ("items", "sequences", "image_urls.tsv")  # what a build writes into DATA_DIR, besides BUILD_MARKER
+BUILD_MARKER = "stats.json"
+# Files a folder this package wrote may hold: Arrow tables with their JSON state (`save_to_disk`, and the cache files
+# a later `map` adds) and generated PNG images; `tmp*` files are what an interrupted `map` leaves.
+OUTPUT_FILE_SUFFIXES = (".arrow", ".json", ".png")
 BUILD_VERSION = 2  # bump when the build's output changes for the same config, so old outputs are rebuilt
 ITEM_FEATURES = Features(
     {
@@ -234,6 +241,7 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
     if not force and is_build_current(config, out_dir):
         logger.info("%s already holds this build (same config, unchanged inputs): skipped.", out_dir)
         return json.loads((out_dir / "stats.json").read_text())
+    check_output_folder(out_dir, BUILD_OUTPUTS, BUILD_MARKER)  # before the work, not only when writing
     started = time.perf_counter()
     inputs = _input_fingerprint(config)
 
@@ -247,7 +255,7 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
         time_field=config.time_field,
     )
     interactions_read = len(log.users)
-    records, metadata_bad_lines = {}, 0
+    records, metadata_bad_lines, metadata_counts = {}, 0, {"duplicates_dropped": 0, "undecodable_lines": 0}
     if config.metadata:
         records, metadata_bad_lines = read_item_metadata(
             config.metadata,
@@ -257,6 +265,7 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
             skip_bad_lines=config.skip_bad_lines,
             title_field=config.title_field,
             item_field=config.item_field,
+            counts=metadata_counts,
         )
     else:
         logger.warning("No --metadata given: items have no title, so no text features.")
@@ -369,6 +378,8 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
         "lines_read": log.lines,
         "interactions_read": interactions_read,
         "bad_lines_skipped": {"interactions": log.bad_lines, "metadata": metadata_bad_lines},
+        "undecodable_lines": {"interactions": log.undecodable_lines, "metadata": metadata_counts["undecodable_lines"]},
+        "metadata_duplicates_dropped": metadata_counts["duplicates_dropped"],
         **sessions.counts,
         "items_missing_metadata": sum(item_id not in records for item_id in item_rows["item_id"]),
         "items_missing_title": sum(not title for title in item_rows["title"]),
@@ -414,7 +425,7 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
             (tmp / "image_urls.tsv").write_text("item_index\titem_id\timage_url\n" + "".join(url_lines))
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
 
-    write_atomically(out_dir, write, ["items", "sequences", "image_urls.tsv"], marker="stats.json")
+    write_atomically(out_dir, write, list(BUILD_OUTPUTS), marker=BUILD_MARKER)
     logger.info(
         "Built %s: %d interactions, %d items, %d sequences (avg length %.2f), splits %s.",
         out_dir, interactions, num_items, len(sessions), stats["avg_sequence_length"], stats["split_sizes"],
@@ -422,26 +433,85 @@ def build_dataset(config: BuildConfig, out_dir: str | os.PathLike, force: bool =
     return stats
 
 
+def _is_own_record(path: Path) -> bool:
+    """True when `path` is a marker this package wrote: a JSON object with the step's `config`."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "config" in record
+
+
+def foreign_outputs(out_dir: str | os.PathLike, names, marker: str) -> list[Path]:
+    """The paths among `out_dir/names` and `out_dir/marker` that an earlier run of this step did not write.
+
+    An earlier run left its `marker` (or the `.{marker}.partial` note of an interrupted write): a JSON object with the
+    step's `config`. Its folders hold only Arrow tables, their JSON state and generated images; any other file in
+    them, a link, or any output without the marker is foreign.
+    """
+    out_dir = Path(out_dir)
+    present = [out_dir / name for name in (*names, marker) if os.path.lexists(out_dir / name)]
+    owned = _is_own_record(out_dir / marker) or _is_own_record(out_dir / f".{marker}.partial")
+    foreign = []
+    for path in present:
+        if not owned or path.is_symlink() or (path.name == marker and not _is_own_record(path)):
+            foreign.append(path)
+        elif path.is_dir():
+            foreign += [
+                file
+                for file in sorted(path.rglob("*"))
+                if file.is_symlink()
+                or (file.is_file() and file.suffix not in OUTPUT_FILE_SUFFIXES and not file.name.startswith("tmp"))
+            ]
+    return foreign
+
+
+def check_output_folder(out_dir: str | os.PathLike, names, marker: str):
+    """Raise `FileExistsError` naming the files of `out_dir` that writing `names` + `marker` would replace but that
+    an earlier run of this step did not write (see `foreign_outputs`)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a folder: pick another output folder.")
+    foreign = foreign_outputs(out_dir, names, marker)
+    if foreign:
+        shown = ", ".join(str(path) for path in foreign[:5])
+        shown += f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise FileExistsError(
+            f"{out_dir} holds files this command did not write: {shown}. It writes {[*names, marker]} there and "
+            "would replace them, so nothing was changed: pick another output folder (a new or empty one), or move "
+            "these files away."
+        )
+
+
 def write_atomically(out_dir: Path, write, names: list[str], marker: str):
     """Run `write(tmp)` into a temporary folder inside `out_dir`, then move `names` and finally `marker` into place.
 
-    The old marker is removed first, so a crash at any point leaves no output a later step would trust; the
-    temporary folder is removed on failure (and stale ones from killed runs on the next call).
+    Only the outputs of an earlier run of the same step are replaced: any other file at one of these names is refused
+    with a `FileExistsError` naming it (`check_output_folder`), and other files in `out_dir` are never touched. The old
+    marker is removed first, so a crash at any point leaves no output a later step would trust (a hidden
+    `.{marker}.partial` note keeps the outputs recognisable as this step's); the temporary folder is removed on
+    failure (and stale ones from killed runs on the next call).
     """
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, names, marker)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(f".tmp-{marker}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{marker}-", dir=out_dir))
+    partial = out_dir / f".{marker}.partial"
     try:
         write(tmp)
+        check_output_folder(out_dir, names, marker)  # again: the folder may have changed while `write` ran
+        shutil.copyfile(tmp / marker, partial)
         (out_dir / marker).unlink(missing_ok=True)
         for name in names:
             target, new = out_dir / name, tmp / name
-            if target.exists():
+            if os.path.lexists(target):
                 os.replace(target, tmp / f"old-{name}")
             if new.exists():
                 os.replace(new, target)
         os.replace(tmp / marker, out_dir / marker)
+        partial.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

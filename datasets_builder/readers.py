@@ -6,7 +6,8 @@ and kept only for the items the interactions name.
 
 Bad input: a malformed line raises `ValueError("file:line: reason")`, or with `skip_bad_lines=True` is skipped and
 counted. A line without a required field is a bad line that names the field; a RecBole header without a required
-column is always an error.
+column is always an error, and so is a truncated or corrupt `.gz` file. Bytes that are not UTF-8 are replaced (U+FFFD)
+and the lines holding them counted; later metadata rows of an item already read are dropped and counted.
 """
 
 import ast
@@ -17,6 +18,7 @@ import logging
 import os
 import re
 import string
+import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +52,8 @@ class InteractionLog:
     Attributes:
         user_ids / item_ids: original id of each code (codes number ids in order of first appearance).
         users / items: `int64 [n]` codes; timestamps: `float64 [n]` seconds.
-        lines: data lines read; bad_lines: lines skipped with `skip_bad_lines`.
+        lines: data lines read; bad_lines: lines skipped with `skip_bad_lines`; undecodable_lines: lines holding
+            bytes that are not UTF-8 (kept, with the bytes replaced).
     """
 
     user_ids: list[str]
@@ -60,6 +63,7 @@ class InteractionLog:
     timestamps: np.ndarray
     lines: int = 0
     bad_lines: int = 0
+    undecodable_lines: int = 0
 
 
 @dataclass
@@ -71,18 +75,44 @@ class ItemRecord:
     image_url: str = ""
 
 
-def iter_lines(path: str, desc: str) -> Iterator[tuple[int, str]]:
-    """Yield `(line_number, text)` of a plain or gzip UTF-8 file (bad bytes replaced), with a progress bar in bytes."""
+def iter_lines(path: str, desc: str, counts: dict | None = None) -> Iterator[tuple[int, str]]:
+    """Yield `(line_number, text)` of a plain or gzip UTF-8 file, with a progress bar in bytes.
+
+    Bytes that are not UTF-8 are replaced (U+FFFD); the lines holding them are counted in
+    `counts["undecodable_lines"]` and logged. A truncated or corrupt gzip file raises a `ValueError` naming it.
+    """
+    counts = {} if counts is None else counts
+    counts.setdefault("undecodable_lines", 0)
+    first_undecodable = None
+    number = 0
     with open(path, "rb") as raw:
         magic = raw.read(2)
         raw.seek(0)
         stream = gzip.GzipFile(fileobj=raw) if magic == b"\x1f\x8b" else raw
         with tqdm(total=os.path.getsize(path), desc=desc, unit="B", unit_scale=True, leave=False) as bar:
-            for number, line in enumerate(stream, start=1):
-                if number % _PROGRESS_EVERY == 0:
-                    bar.update(raw.tell() - bar.n)
-                yield number, line.decode("utf-8", errors="replace").rstrip("\r\n")
+            try:
+                for number, line in enumerate(stream, start=1):
+                    if number % _PROGRESS_EVERY == 0:
+                        bar.update(raw.tell() - bar.n)
+                    try:
+                        text = line.decode("utf-8")
+                    except UnicodeDecodeError:
+                        text = line.decode("utf-8", errors="replace")
+                        counts["undecodable_lines"] += 1
+                        first_undecodable = first_undecodable or number
+                    yield number, text.rstrip("\r\n")
+            except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+                raise ValueError(
+                    f"{path}: the gzip file is truncated or corrupt after line {number} ({type(error).__name__}: "
+                    f"{error}). Download it again (`gzip -t {path}` checks a file); --skip-bad-lines cannot skip "
+                    "this, the rest of the file is unreadable."
+                ) from None
             bar.update(raw.tell() - bar.n)
+    if counts["undecodable_lines"]:
+        logger.warning(
+            "%s: %d line(s) hold bytes that are not UTF-8 (first: line %d); they were replaced by U+FFFD and counted "
+            "in stats.json's undecodable_lines.", path, counts["undecodable_lines"], first_undecodable,
+        )
 
 
 def parse_json_record(text: str) -> dict:
@@ -160,7 +190,8 @@ def read_interactions(
     errors = _LineErrors(path, skip_bad_lines)
     lines = 0
     columns = None
-    for number, text in iter_lines(path, desc=f"reading {os.path.basename(path)}"):
+    decoding = {}
+    for number, text in iter_lines(path, desc=f"reading {os.path.basename(path)}", counts=decoding):
         if fmt == "recbole" and columns is None:
             if text.strip():
                 names, columns = _recbole_header(
@@ -206,6 +237,7 @@ def read_interactions(
         timestamps=np.frombuffer(times, dtype=np.float64).copy(),
         lines=lines,
         bad_lines=errors.count,
+        undecodable_lines=decoding["undecodable_lines"],
     )
 
 
@@ -242,18 +274,23 @@ def read_item_metadata(
     skip_bad_lines: bool = False,
     title_field: str | None = None,
     item_field: str = "item_id",
+    counts: dict | None = None,
 ) -> tuple[dict[str, ItemRecord], int]:
     """Stream a metadata / `.item` file and keep the records of the `wanted` item ids (first record wins).
 
     Returns `(records, bad_lines_skipped)`. `text_fields` are the extra fields kept for the item text;
     `title_field` names the title column (default: `title`, or for RecBole the first of `RECBOLE_TITLE_FIELDS`).
+    `counts`, when given, receives `duplicates_dropped` (later rows of a wanted item already read) and
+    `undecodable_lines` (lines holding bytes that are not UTF-8).
     """
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; choose one of {list(FORMATS)}.")
     records: dict[str, ItemRecord] = {}
     errors = _LineErrors(path, skip_bad_lines)
     names = None
-    for number, text in iter_lines(path, desc=f"reading {os.path.basename(path)}"):
+    counts = {} if counts is None else counts
+    counts.update(duplicates_dropped=0, undecodable_lines=0)
+    for number, text in iter_lines(path, desc=f"reading {os.path.basename(path)}", counts=counts):
         if fmt == "recbole" and names is None:
             if not text.strip():
                 continue
@@ -289,12 +326,20 @@ def read_item_metadata(
         except ValueError as error:
             errors(number, str(error))
             continue
-        if item not in wanted or item in records:
+        if item not in wanted:
+            continue
+        if item in records:
+            counts["duplicates_dropped"] += 1
             continue
         records[item] = ItemRecord(
             title=_clean_text(record.get(title_field or "title")),
             fields={name: _clean_text(record.get(name)) for name in text_fields},
             image_url="" if fmt == "recbole" else _first_image_url(record, fmt),
+        )
+    if counts["duplicates_dropped"]:
+        logger.warning(
+            "%s: %d later row(s) of an item already read were dropped (the first row wins); counted in stats.json's "
+            "metadata_duplicates_dropped.", path, counts["duplicates_dropped"],
         )
     return records, errors.count
 

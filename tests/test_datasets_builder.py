@@ -252,7 +252,7 @@ def test_build_output_contract_and_counts(ds_builder_amazon2018):
     config, out, stats = ds_builder_amazon2018
     sequences, items, loaded_stats = load_built_dataset(out)
     assert loaded_stats == stats
-    assert set(sequences) == {"train", "valid", "test", "ppt_train", "ppt_valid"}
+    assert set(sequences) == {"train", "valid", "test", "ppt_train", "ppt_valid", "valid_pools", "test_pools"}
     assert items["item_index"] == list(range(len(items))) and set(items["item_id"]) == {f"i{k}" for k in range(10)}
     row = items[items["item_id"].index("i7")]
     assert row["has_text"] is False and row["text"] == "" and stats["items_missing_metadata"] == 1
@@ -364,6 +364,114 @@ def test_crash_leaves_no_output_and_keeps_a_previous_build(tmp_path, monkeypatch
         "items", "sequences", "stats.json"]
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_build_into_a_raw_folder_refuses_and_keeps_its_items(tmp_path, capsys):
+    """`--out` pointed at the raw folder whose images live in `items/`: refused, naming them; nothing changes."""
+    paths = _write_recbole(tmp_path)
+    (tmp_path / "items").mkdir()
+    (tmp_path / "items" / "i1.jpg").write_bytes(b"a photo")
+    before = _tree(tmp_path)
+    argv = ["build", "--format", "recbole", "--interactions", paths["interactions"], "--metadata", paths["metadata"],
+            "--min-item-interactions", "3", "--min-sequence-length", "4", "--num-candidates", "4"]
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "items") in err and "did not write" in err and "pick another output folder" in err
+    assert len(err.strip().splitlines()) == 1
+    assert _tree(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items", "toy.inter", "toy.item"]
+
+    other = tmp_path / "other"  # a stats.json (or sequences) of another tool is refused as well
+    other.mkdir()
+    (other / "stats.json").write_text('{"accuracy": 0.9}')
+    (other / "sequences").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"stats\.json.*sequences|sequences.*stats\.json"):
+        build_dataset(BuildConfig(**paths, **SMALL), other)
+    assert (other / "stats.json").read_text() == '{"accuracy": 0.9}' and (other / "sequences").read_text() == "mine"
+
+
+def test_rebuild_replaces_its_own_outputs_and_nothing_else(tmp_path, capsys):
+    paths = _write_recbole(tmp_path)
+    out = tmp_path / "data"
+    build_dataset(BuildConfig(**paths, **SMALL), out)
+    (out / "notes.txt").write_text("keep me")
+    (out / "features").mkdir()
+    (out / "features" / "text.safetensors").write_bytes(b"features")
+    load_built_dataset(out)[0]["train"].map(lambda row: {"n": len(row["history"])})  # a cache file, as trainers add
+    assert any(p.name.startswith("cache-") for p in (out / "sequences" / "train").iterdir())
+    stats = build_dataset(BuildConfig(**paths, **{**SMALL, "num_candidates": 3}), out)
+    assert stats["config"]["num_candidates"] == 3 and load_built_dataset(out)[2] == stats
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "features" / "text.safetensors").is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder or note left
+
+    (out / "items" / "cover.jpg").write_bytes(b"a photo the user put there")
+    argv = ["build", "--format", "recbole", "--interactions", paths["interactions"], "--out", str(out),
+            "--min-item-interactions", "3", "--min-sequence-length", "4", "--num-candidates", "4"]
+    assert main(argv) == 2
+    assert str(out / "items" / "cover.jpg") in capsys.readouterr().err
+    assert (out / "items" / "cover.jpg").is_file() and load_built_dataset(out)[2] == stats
+
+
+def test_a_write_interrupted_while_moving_outputs_is_finished_by_the_rerun(tmp_path, monkeypatch):
+    paths = _write_recbole(tmp_path)
+    out = tmp_path / "data"
+    build_dataset(BuildConfig(**paths, **SMALL), out)
+    replace = datasets_builder.build.os.replace
+
+    def crash_on_sequences(source, target):
+        if Path(target) == out / "sequences":
+            raise KeyboardInterrupt("killed while moving the outputs")
+        replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets_builder.build.os, "replace", crash_on_sequences)
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset(BuildConfig(**paths, seed=7, **SMALL), out)
+    assert not (out / "stats.json").exists() and (out / "items").is_dir()  # no output a later step would trust
+    stats = build_dataset(BuildConfig(**paths, seed=7, **SMALL), out)  # the new items/ is still recognised
+    assert load_built_dataset(out)[2] == stats and stats["config"]["seed"] == 7
+    assert sorted(p.name for p in out.iterdir()) == ["items", "sequences", "stats.json"]
+
+
+def test_truncated_gzip_names_the_file_even_with_skip_bad_lines(tmp_path, capsys):
+    paths = _write_amazon2018(tmp_path)
+    data = Path(paths["interactions"]).read_bytes()
+    Path(paths["interactions"]).write_bytes(data[: len(data) // 2])
+    for skip in (False, True):
+        with pytest.raises(ValueError, match=r"reviews\.json\.gz: the gzip file is truncated or corrupt.*Download it"):
+            read_interactions(paths["interactions"], "amazon2018", skip_bad_lines=skip)
+    argv = ["build", "--format", "amazon2018", "--interactions", paths["interactions"], "--skip-bad-lines",
+            "--out", str(tmp_path / "d")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "reviews.json.gz: the gzip file is truncated" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "stats.json").exists()
+
+
+def test_duplicate_metadata_rows_and_undecodable_bytes_are_counted(tmp_path, caplog):
+    paths = _write_amazon2018(tmp_path)
+    meta = Path(paths["metadata"])
+    meta.write_bytes(meta.read_bytes() + json.dumps({"asin": "i2", "title": "A later i2"}).encode() + b"\n")
+    meta.write_bytes(meta.read_bytes().replace(b"Item number 3", b"Item \xff\xfe 3"))
+    with gzip.open(paths["interactions"], "rb") as handle:
+        reviews = handle.read().replace(b'"u03"', b'"u\xff3"')
+    with gzip.open(paths["interactions"], "wb") as handle:
+        handle.write(reviews)
+    with caplog.at_level("WARNING"):
+        stats = build_dataset(BuildConfig(**paths, **SMALL), tmp_path / "d")
+    assert stats["metadata_duplicates_dropped"] == 1
+    assert stats["undecodable_lines"] == {"interactions": 5, "metadata": 1}
+    assert json.loads((tmp_path / "d" / "stats.json").read_text())["metadata_duplicates_dropped"] == 1
+    _, items, _ = load_built_dataset(tmp_path / "d")
+    assert items["title"][items["item_id"].index("i2")] == "Item number 2"  # the first row wins
+    assert "\ufffd" in items["title"][items["item_id"].index("i3")]
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "1 later row(s) of an item already read were dropped" in messages
+    assert "5 line(s) hold bytes that are not UTF-8 (first: line 16)" in messages
+
+
 def test_require_title_drops_items_without_metadata(tmp_path):
     paths = _write_amazon2018(tmp_path)
     config = BuildConfig(**paths, require_title=True, **{**SMALL, "num_candidates": 3})
@@ -403,9 +511,9 @@ def test_cli_missing_file_and_empty_data_errors(tmp_path, capsys):
     assert "--interactions: no file" in capsys.readouterr().err
     paths = _write_recbole(tmp_path)
     argv = ["build", "--format", "recbole", "--interactions", paths["interactions"], "--out", str(tmp_path / "o")]
-    assert main(argv + ["--min-item-interactions", "50"]) == 1
+    assert main(argv + ["--min-item-interactions", "50"]) == 2
     assert "(--min-item-interactions 50) removed every interaction" in capsys.readouterr().err
-    assert main(argv) == 1  # the default --min-sequence-length 9 removes every sequence of this tiny file
+    assert main(argv) == 2  # the default --min-sequence-length 9 removes every sequence of this tiny file
     assert "--min-sequence-length 9) removed every sequence" in capsys.readouterr().err
 
 
