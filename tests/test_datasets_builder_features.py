@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import datasets_builder
 from datasets_builder import (
@@ -31,13 +34,14 @@ TINY_SYNTHETIC = SyntheticConfig(  # session-shape: every one of the 30 items pa
 NO_ENCODERS = {"text_encoder": "none", "vision_encoder": "none", "id_encoder": "none"}
 
 
-def _build(raw: Path, out: Path, drop_title_of: str | None = None) -> Path:
+def _build(raw: Path, out: Path, drop_title_of: str | None = None, **overrides) -> Path:
     if drop_title_of is not None:  # an item with no metadata line: no text
         lines = (raw / "metadata.jsonl").read_text().splitlines()
         (raw / "metadata.jsonl").write_text("\n".join(l for l in lines if drop_title_of not in l) + "\n")
     config = BuildConfig(
         format="amazon2018", interactions=str(raw / "reviews.jsonl"), metadata=str(raw / "metadata.jsonl"),
-        image_dir=str(raw / "images"), image_pattern="{item_id}.png", min_item_interactions=2, min_sequence_length=5,
+        image_dir=str(raw / "images"), image_pattern="{item_id}.png",
+        **{"min_item_interactions": 2, "min_sequence_length": 5, **overrides},
     )
     build_dataset(config, out)
     return out
@@ -132,6 +136,15 @@ def test_synthetic_cli_validates_sizes(tmp_path, capsys):
     assert "--rule must be one of ['target-shape', 'session-shape']" in capsys.readouterr().err
 
 
+def test_synthetic_refuses_a_folder_whose_images_it_did_not_draw(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "holiday.png").write_bytes(b"the user's photo")
+    assert main(["synthetic", "--out", str(tmp_path), "--num-users", "30", "--num-items", "30"]) == 2
+    assert str(tmp_path / "images") in capsys.readouterr().err
+    assert [p.name for p in tmp_path.rglob("*")] == ["images", "holiday.png"]
+    assert (tmp_path / "images" / "holiday.png").read_bytes() == b"the user's photo"
+
+
 # --- caching, resuming, atomic writes ------------------------------------------------------------------------
 
 
@@ -182,10 +195,76 @@ def test_unknown_encoder_specs_are_clear_errors(ds_features_data, capsys):
     with pytest.raises(ValueError, match="--vision-encoder 'resnet50': use 'efficientnet-lite0'"):
         compute_item_features(data, **{**NO_ENCODERS, "vision_encoder": "resnet50"})
     assert main(["features", str(data), "--text-encoder", "backbone:no/such", "--vision-encoder", "none",
-                 "--id-encoder", "none"]) == 1
+                 "--id-encoder", "none"]) == 2
     assert "--text-encoder: no/such is neither a local path nor a Hub model" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="--vision-encoder 'blip2:/no/folder': /no/folder does not exist"):
         compute_item_features(data, **{**NO_ENCODERS, "vision_encoder": "blip2:/no/folder"})
+
+
+def test_feature_files_get_normal_permissions(ds_features_data, ds_fake_encoder, tmp_path):
+    data, _ = ds_features_data
+    (tmp_path / "st").mkdir()
+    umask = os.umask(0o022)
+    try:
+        compute_item_features(data, **{**NO_ENCODERS, "text_encoder": str(tmp_path / "st")})
+    finally:
+        os.umask(umask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (data / "features").iterdir()} == {
+        "text.safetensors": "0o644", "text.json": "0o644"}
+
+
+def test_non_finite_features_are_refused_on_write_and_on_load(ds_features_data, ds_fake_encoder, tmp_path):
+    data, _ = ds_features_data
+    (tmp_path / "st").mkdir()
+    kwargs = {**NO_ENCODERS, "text_encoder": str(tmp_path / "st"), "batch_size": 8}
+
+    def nan_rows(self, batch):
+        out = torch.ones(len(batch), 4)
+        out[:2, 1] = float("nan")
+        out[2, 0] = float("inf")
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ds_fake_encoder, "__call__", nan_rows)
+        with pytest.raises(ValueError, match=r"text features: 12 of 30 rows hold NaN or infinite values"):
+            compute_item_features(data, **kwargs)  # 4 batches of 8, 3 bad rows in each (29 items with a title)
+    assert not (data / "features" / "text.safetensors").exists()
+
+    compute_item_features(data, **kwargs)
+    path = data / "features" / "text.safetensors"
+    tensors = load_file(str(path))
+    tensors["features"][5, 2] = float("nan")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(tensors, str(path), metadata=metadata)  # corrupted after the fact
+    message = r"text\.safetensors holds NaN or infinite values in 1 of 30 rows \(item_index \[5\]\): recompute it"
+    with pytest.raises(ValueError, match=message + r" with `python -m datasets_builder features .* --force`"):
+        load_item_features(data, ("text",))
+
+
+def test_encoder_none_removes_features_computed_from_other_data(ds_features_data, ds_fake_encoder, monkeypatch,
+                                                                tmp_path, capsys):
+    """A rebuild with other filters, then `features --id-encoder none` (etc.): the old files are gone, not read."""
+    data, record = ds_features_data
+    (tmp_path / "st").mkdir()
+    _, items, _ = load_built_dataset(data)
+
+    def train_baseline(name, data_dir, seed, **overrides):
+        return types.SimpleNamespace(item_embeddings=torch.ones(len(items), 3), test_metrics={})
+
+    monkeypatch.setitem(sys.modules, "baselines", types.SimpleNamespace(train_baseline=train_baseline))
+    compute_item_features(data, **{**NO_ENCODERS, "text_encoder": str(tmp_path / "st"), "id_encoder": "sasrec"})
+    none = ["features", str(data), "--text-encoder", "none", "--vision-encoder", "none", "--id-encoder", "none"]
+    assert main(none) == 0  # computed from this very data: kept
+    assert "kept" in capsys.readouterr().out and (data / "features" / "id.safetensors").is_file()
+
+    _build(tmp_path / "raw", data, drop_title_of=record["items"][3]["asin"], seed=7)  # other texts and splits
+    assert main(none) == 0
+    out = capsys.readouterr().out
+    assert "text: not computed (encoder none); removed the stale" in out and "id: not computed" in out
+    assert sorted(p.name for p in (data / "features").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="id.safetensors not found"):
+        load_item_features(data, ("id",))
 
 
 # --- ID features through the baselines package ---------------------------------------------------------------
