@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="write a self-sufficient Hub model folder from a training run")
     export.add_argument("run_dir", help="--output_dir of trainer/run.py")
     export.add_argument("--out", required=True, help="folder to write (atomically)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export at --out (never a folder that is not an export)")
     export.add_argument("--repo-id", dest="model_id",
                         help="Hub repo id the card's usage snippet loads (default: the --out folder)")
     export.add_argument("--dataset-id", help="Hub data set id the card names")

@@ -2,7 +2,9 @@
 
 import json
 import logging
+import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -246,6 +248,55 @@ def test_export_refuses_missing_and_unfinished_runs(run_dir, exported, tmp_path,
     assert cli.main(["export", str(run_dir), "--out", str(exported)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_never_writes_over_the_run_or_its_data(run_dir, tmp_path, capsys):
+    """`--out` at, inside or above the run or data folder, with --overwrite: refused naming both; nothing lost."""
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(run_dir, run)
+    shutil.copytree(run_dir.parent / "data", data)
+    before = _tree(tmp_path)
+    for out, relation, source in [(run, "is the run folder", run), (run / "stage1", "is inside the run folder", run),
+                                  (tmp_path, "contains the run folder", run), (data, "is the data folder", data),
+                                  (data / "features", "is inside the data folder", data)]:
+        assert cli.main(["export", str(run), "--out", str(out), "--data-dir", str(data), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} {relation} {source}" in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(tmp_path) == before
+
+
+def test_overwrite_replaces_an_earlier_export_only(run_dir, tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    for flags in ([], ["--overwrite"]):
+        assert cli.main(["export", str(run_dir), "--out", str(foreign), "--adapter-only", *flags]) == 2
+        assert str(foreign) in capsys.readouterr().err
+    assert _tree(foreign) == {"thesis.tex": b"years of work"}
+
+    out = tmp_path / "export"
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--adapter-only"]) == 0
+    (out / "stale.txt").write_text("from before")
+    assert cli.main(["export", str(run_dir), "--out", str(out), "--adapter-only", "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "adapter_model.safetensors").is_file()
+
+
+def test_exported_files_get_the_modes_of_a_plain_write(run_dir, tmp_path):
+    umask = os.umask(0o027)
+    try:
+        assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "merged")]) == 0
+        assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "adapter"), "--adapter-only"]) == 0
+    finally:
+        os.umask(umask)
+    for folder in (tmp_path / "merged", tmp_path / "adapter"):
+        modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in folder.rglob("*")}
+        assert {name for name in modes if name.endswith(".safetensors")}
+        expected = {name: "0o750" if (tmp_path / name).is_dir() else "0o640" for name in modes}
+        assert modes == expected and oct(folder.stat().st_mode & 0o777) == "0o750"
 
 
 @pytest.fixture
