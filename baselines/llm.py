@@ -92,9 +92,9 @@ def generated_choices(model, collator: LlaraCollator, rows, batch_size: int, des
     return choices
 
 
-def _write(data_dir: Path, name: str, report: dict, test, choices: list[int]) -> Path:
-    """Writes `baselines/<name>.json` and the test predictions beside it (answers only: no candidate scores)."""
-    path = data_dir / "baselines" / f"{name}.json"
+def _write(output_dir: Path, name: str, report: dict, test, choices: list[int]) -> Path:
+    """Writes `<name>.json` and the test predictions beside it (answers only: no candidate scores)."""
+    path = output_dir / f"{name}.json"
     write_predictions(predictions_path(path), prediction_rows(test, choices))
     _write_json_atomically(report, path)
     return path
@@ -124,15 +124,17 @@ def zero_shot(data_dir, backbone: str = "smollm2-135m-instruct", max_history: in
     metrics = compute_choice_metrics(choices, [int(row["label"]) for row in test])
     report = {"model": "zero_shot", "backbone": backbone, "test_metrics": metrics,
               "wall_time_s": round(time.time() - started, 1)}
-    _write(data_dir, "zero_shot", report, test, choices)
+    _write(data_dir / "baselines", "zero_shot", report, test, choices)
     return report
 
 
 def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: int = 10, seed: int = 42,
                 max_train_samples: int | None = None, max_eval_samples: int | None = None, learning_rate: float = 1e-3,
                 batch_size: int = 8, lora_r: int = 8, lora_alpha: int = 16, lora_target_modules: str = "q_proj,v_proj",
-                prefix_min_history: int = 0, num_train_epochs: float = 1.0, output_dir: str | None = None) -> dict:
-    """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `baselines/llara.json`."""
+                prefix_min_history: int = 0, num_train_epochs: float = 1.0, output_dir: str | None = None,
+                results_dir: str | None = None) -> dict:
+    """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `llara.json` and its predictions
+    into `results_dir` (default `DATA_DIR/baselines`); checkpoints and logs go to `output_dir`."""
     from datasets_builder.build import load_built_dataset, train_subset
     from trainer.arguments import SpeederArguments, SpeederSFTConfig
     from trainer.pipeline import SpeederSFTTrainer, build_model, load_features, with_history_prefixes
@@ -169,5 +171,5 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
               "prefix_min_history": prefix_min_history, "test_metrics": metrics,
               "lora": {"r": lora_r, "alpha": lora_alpha, "target_modules": lora_target_modules},
               "wall_time_s": round(time.time() - started, 1)}
-    _write(data_dir, "llara", report, test, choices)
+    _write(Path(results_dir or data_dir / "baselines"), "llara", report, test, choices)
     return report

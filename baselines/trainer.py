@@ -74,11 +74,13 @@ def valid_fields(name: str) -> list[str]:
     return sorted(model_fields + [f.name for f in dataclasses.fields(BaselineTrainingArguments)])
 
 
-def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, **overrides: Any) -> BaselineResult:
+def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, output_dir: str | os.PathLike | None = None,
+                   **overrides: Any) -> BaselineResult:
     """Train baseline `name` on `DATA_DIR/sequences` (train split), select on valid, score the stored test pools.
 
     `overrides` are fields of the model's config (e.g. `hidden_size`, `loss_type`) or of
-    `BaselineTrainingArguments` (e.g. `epochs`, `patience`). Writes `DATA_DIR/baselines/<name>.json`.
+    `BaselineTrainingArguments` (e.g. `epochs`, `patience`). Writes `<name>.json` and its predictions into
+    `output_dir` (default `DATA_DIR/baselines`).
     Seeding forks torch's global RNG, so the caller's random state is left untouched.
     """
     if name not in MODELS:
@@ -105,7 +107,7 @@ def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, **ove
         test_metrics, test_predictions = predict_pools(model, splits, "test", args.eval_batch_size, args.device)
     wall_time = time.perf_counter() - start
 
-    output_path = data_dir / "baselines" / f"{name}.json"
+    output_path = Path(output_dir or data_dir / "baselines") / f"{name}.json"
     write_predictions(predictions_path(output_path), test_predictions)
     report = {
         "model": name,

@@ -1,0 +1,46 @@
+"""The research command: seeds x data folders for Speeder, its ablations and the baselines, and the summary."""
+
+import json
+
+import pytest
+from speeder_fixtures import write_planted_dataset
+
+from trainer.research import ResearchArguments
+from trainer.research import main as research
+
+TINY = ["--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--max_eval_samples", "8", "--max_steps", "1",
+        "--save_strategy", "no", "--bf16", "false", "--stages", "1"]
+
+
+def test_research_runs_every_cell_and_summarises_them(tmp_path):
+    data = write_planted_dataset(tmp_path / "data", num_sequences=40)
+    argv = ["--data_dir", str(data), "--seeds", "1,2", "--baselines", "pop", "--baseline_epochs", "2",
+            "--ablations", "wo_ppt", "--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+            *TINY]
+    summary = research(argv)
+    assert summary["cells"] == ["data/seed1", "data/seed2"]
+    assert set(summary["models"]) == {"speeder", "speeder/wo_ppt", "pop"}
+    pop = summary["models"]["pop"]
+    assert set(pop["cells"]) == {"data/seed1", "data/seed2"} and pop["paper"]["cells"] == 2
+    assert "speeder_minus_paper" in pop["cells"]["data/seed1"]
+    assert "speeder_minus_paper" not in summary["models"]["speeder"]["cells"]["data/seed1"]
+    results = tmp_path / "results"
+    assert (results / "data" / "seed2" / "speeder" / "results.predictions.jsonl").is_file()
+    assert (results / "data" / "seed1" / "baselines" / "pop.predictions.jsonl").is_file()
+    assert not list(results.rglob("*.safetensors"))  # weights stay in --output_dir
+    assert json.loads((results / "summary.json").read_text()) == summary
+    assert "| pop |" in (results / "summary.md").read_text()
+
+    finished = (tmp_path / "out" / "data" / "seed1" / "speeder" / "results.json").stat().st_mtime_ns
+    research(argv)  # a rerun reuses every finished run
+    assert (tmp_path / "out" / "data" / "seed1" / "speeder" / "results.json").stat().st_mtime_ns == finished
+
+
+def test_research_names_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="integers"):
+        ResearchArguments(seeds="1,x").seed_list()
+    with pytest.raises(ValueError, match="sasrec"):
+        ResearchArguments(baselines="sasrek").baseline_list()
+    with pytest.raises(FileNotFoundError, match="not a built data folder"):
+        research(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), *TINY])

@@ -1,0 +1,218 @@
+"""The research runs: Speeder and the baselines over several seeds and data splits, the equal-budget LLaRA-style
+comparison and the Table 3 ablations, summarised with bootstrap intervals.
+
+    python -m trainer.research --config configs/demo.yaml --data_dir outputs/data/ml-100k,outputs/data/ml-100k-split2 \
+        --seeds 42,43,44 --baselines pop,sasrec,gru4rec,bert4rec --llara true --ablations none \
+        --output_dir outputs/research --results_dir results/research
+
+For every data folder of `--data_dir` (comma-separated; each a `python -m datasets_builder` build, and another
+`--seed` of the builder is another 7:2:1 split) and every training seed, it trains Speeder with the config (all of `trainer/run.py`'s arguments apply), the
+ID baselines, optionally the LLaRA-style baseline on Speeder's training budget (the same rows with their history
+prefixes, the same epochs, LoRA rank and learning rate) and the listed ablations. Runs already finished are reused.
+Weights and checkpoints stay under `--output_dir`; the small files (metrics JSON, per-sample predictions, the
+summary) are copied to `--results_dir`, to be committed. A mistake in the inputs ends with `error: <message>`.
+"""
+
+import copy
+import json
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import TrlParser
+
+from baselines.llm import train_llara
+from baselines.trainer import MODELS, train_baseline
+from metrics.predictions import bootstrap_interval, paired_difference, predictions_path, read_predictions, sequence_hits
+from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
+from trainer.pipeline import train_stages
+from trainer.run import run_cli
+from trainer.stages import parse_stage_epochs
+
+REFERENCE = "sasrec"  # the bar: Speeder against SASRec on the same pools
+
+
+@dataclass
+class ResearchArguments:
+    seeds: str = field(default="42,43,44", metadata={"help": "Comma-separated training seeds."})
+    baselines: str = field(default="pop,sasrec,gru4rec,bert4rec", metadata={"help": f"From {list(MODELS)}."})
+    baseline_epochs: int = 80
+    baseline_patience: int = 10
+    llara: bool = field(default=False, metadata={"help": "Also train the LLaRA-style baseline on Speeder's budget."})
+    ablations: str = field(default="none", metadata={"help": f"'none', 'all' or names from {list(ABLATIONS)[1:]}."})
+    results_dir: str = field(default="results/research", metadata={"help": "Where the small result files go."})
+
+    def seed_list(self) -> list[int]:
+        try:
+            seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"seeds must be comma-separated integers, got {self.seeds!r}.") from None
+        if not seeds:
+            raise ValueError("seeds is empty: give at least one training seed, e.g. --seeds 42,43,44.")
+        return seeds
+
+    def baseline_list(self) -> list[str]:
+        names = [n.strip() for n in self.baselines.split(",") if n.strip()]
+        unknown = [n for n in names if n not in MODELS]
+        if unknown:
+            raise ValueError(f"baselines must name models from {list(MODELS)}, got {unknown}.")
+        return names
+
+    def ablation_list(self) -> list[str]:
+        if self.ablations in ("", "none"):
+            return []
+        names = list(ABLATIONS)[1:] if self.ablations == "all" else [a.strip() for a in self.ablations.split(",")]
+        unknown = [n for n in names if n not in ABLATIONS or n == "none"]
+        if unknown:
+            raise ValueError(f"ablations must be 'none', 'all' or names from {list(ABLATIONS)[1:]}, got {unknown}.")
+        return names
+
+
+def speeder_epochs(args: SpeederArguments, training_args: SpeederSFTConfig) -> float:
+    """Epochs Speeder trains over its rows, summed over the stages it runs (the LLaRA-style run gets as many)."""
+    per_stage = parse_stage_epochs(args.stage_epochs)
+    return sum(per_stage.get(n, training_args.num_train_epochs) for n in args.stage_numbers)
+
+
+def run_one(data_dir: Path, seed: int, args: SpeederArguments, training_args: SpeederSFTConfig,
+            research: ResearchArguments, out: Path) -> None:
+    """Every model of one (data folder, seed) cell, each skipped when its result file exists."""
+    run_args, run_training_args = copy.deepcopy(args), copy.deepcopy(training_args)
+    run_args.data_dir, run_training_args.seed = str(data_dir), seed
+    run_training_args.output_dir = str(out / "speeder")
+    started = time.perf_counter()
+    if not (out / "speeder" / "results.json").is_file():
+        train_stages(copy.deepcopy(run_args), copy.deepcopy(run_training_args))
+        _record_time(out / "speeder" / "wall_time.json", started)
+    for name in research.ablation_list():
+        folder = out / "speeder" / "ablations" / name
+        if not (folder / "results.json").is_file():
+            ablation_args, ablation_training_args = copy.deepcopy(run_args), copy.deepcopy(run_training_args)
+            ablation_args.ablation, ablation_training_args.output_dir = name, str(folder)
+            started = time.perf_counter()
+            train_stages(ablation_args, ablation_training_args)
+            _record_time(folder / "wall_time.json", started)
+    for name in research.baseline_list():
+        if not (out / "baselines" / f"{name}.json").is_file():
+            train_baseline(name, data_dir, seed=seed, output_dir=out / "baselines", epochs=research.baseline_epochs,
+                           patience=research.baseline_patience, show_progress=False)
+    if research.llara and not (out / "baselines" / "llara.json").is_file():
+        target_modules = ",".join(args.target_modules)
+        train_llara(data_dir, backbone=args.backbone, max_history=args.max_history, seed=seed,
+                    max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+                    learning_rate=training_args.learning_rate, batch_size=training_args.per_device_train_batch_size,
+                    lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target_modules=target_modules,
+                    prefix_min_history=args.prefix_min_history, num_train_epochs=speeder_epochs(args, training_args),
+                    output_dir=str(out / "llara_run"), results_dir=str(out / "baselines"))
+
+
+def _record_time(path: Path, started: float) -> None:
+    path.write_text(json.dumps({"wall_time_s": round(time.perf_counter() - started, 1)}) + "\n")
+
+
+def cell_predictions(cell: Path) -> dict[str, list[dict]]:
+    """Test predictions of every model of one cell folder, keyed by model name (`speeder`, `speeder/<ablation>`,
+    and the baselines' names)."""
+    found = {}
+    if predictions_path(cell / "speeder" / "results.json").is_file():
+        found["speeder"] = read_predictions(predictions_path(cell / "speeder" / "results.json"))
+    for folder in sorted((cell / "speeder" / "ablations").glob("*")):
+        if predictions_path(folder / "results.json").is_file():
+            found[f"speeder/{folder.name}"] = read_predictions(predictions_path(folder / "results.json"))
+    for path in sorted((cell / "baselines").glob("*.predictions.jsonl")):
+        found[path.name.removesuffix(".predictions.jsonl")] = read_predictions(path)
+    return found
+
+
+def summarize(output_dir: Path) -> dict:
+    """Per model: test VHR@1 of each cell (paper's pool and extra pools, with intervals), mean and spread over
+    cells, and the paired difference Speeder minus the model per cell."""
+    cells = sorted(p.parent.parent for p in output_dir.glob("*/seed*/speeder/results.json"))
+    if not cells:
+        raise FileNotFoundError(f"No finished research cell under {output_dir} (expected */seed*/speeder/).")
+    models: dict[str, dict] = {}
+    for cell in cells:
+        cell_name = f"{cell.parent.name}/{cell.name}"
+        predictions = cell_predictions(cell)
+        for name, records in predictions.items():
+            entry = models.setdefault(name, {"cells": {}})
+            figures = {}
+            for pools in ("paper", "extra"):
+                hits = sequence_hits(records, pools)
+                if not hits:
+                    continue
+                figures[pools] = bootstrap_interval(hits.values())
+                speeder_hits = sequence_hits(predictions.get("speeder", []), pools)
+                if name != "speeder" and speeder_hits and set(speeder_hits) == set(hits):
+                    figures[f"speeder_minus_{pools}"] = paired_difference(speeder_hits, hits)
+            entry["cells"][cell_name] = figures
+    for entry in models.values():
+        for key in ("paper", "extra", "speeder_minus_paper", "speeder_minus_extra"):
+            values = [cell[key]["mean"] for cell in entry["cells"].values() if key in cell]
+            if values:
+                entry[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
+                              else 0.0, "min": min(values), "max": max(values), "cells": len(values)}
+    return {"cells": [f"{c.parent.name}/{c.name}" for c in cells], "models": models}
+
+
+def summary_table(summary: dict) -> str:
+    """Markdown: per model, mean ± std over cells of VHR@1 and of Speeder minus the model, paper's pool and extra."""
+    def cell(entry, key):
+        value = entry.get(key)
+        return "–" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f} (n={value['cells']})"
+
+    lines = ["| model | VHR@1, paper's pool | VHR@1, extra pools | Speeder − model, paper's pool | "
+             "Speeder − model, extra pools | cells where the difference's 95% interval is above 0 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, entry in summary["models"].items():
+        above = [c for c, figures in entry["cells"].items()
+                 if "speeder_minus_paper" in figures and figures["speeder_minus_paper"]["low"] > 0]
+        count = sum(1 for figures in entry["cells"].values() if "speeder_minus_paper" in figures)
+        lines.append(f"| {name} | {cell(entry, 'paper')} | {cell(entry, 'extra')} | "
+                     f"{cell(entry, 'speeder_minus_paper')} | {cell(entry, 'speeder_minus_extra')} | "
+                     f"{f'{len(above)} of {count}' if count else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def export_results(output_dir: Path, results_dir: Path, summary: dict) -> None:
+    """Copies every metrics JSON and predictions file (no weights) and writes summary.json / summary.md."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for path in output_dir.rglob("*"):
+        small = path.suffix == ".jsonl" or path.name in ("results.json", "stage_metrics.json", "wall_time.json") \
+            or path.parent.name == "baselines" and path.suffix == ".json"
+        if path.is_file() and small and "checkpoint-" not in str(path) and "llara_run" not in str(path):
+            target = results_dir / path.relative_to(output_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results_dir / "summary.md").write_text(f"# Research runs\n\nCells: {', '.join(summary['cells'])}.\n\n"
+                                            "Test VHR@1, mean ± std over cells (each cell: one data split and one "
+                                            "training seed); differences are paired per cell.\n\n"
+                                            + summary_table(summary))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = TrlParser((SpeederArguments, SpeederSFTConfig, ResearchArguments))
+    args, training_args, research = parser.parse_args_and_config(args=argv)
+    seeds = research.seed_list()
+    research.baseline_list(), research.ablation_list()  # fail on a bad name before the first run
+    data_dirs = [Path(d.strip()) for d in args.data_dir.split(",") if d.strip()]
+    output_dir = Path(training_args.output_dir)
+    for data_dir in data_dirs:
+        if not (data_dir / "stats.json").is_file():
+            raise FileNotFoundError(f"{data_dir} is not a built data folder (no stats.json): build it with "
+                                    "`python -m datasets_builder`.")
+    for data_dir in data_dirs:
+        for seed in seeds:
+            print(f"== research cell {data_dir.name}, seed {seed}")
+            run_one(data_dir, seed, args, training_args, research, output_dir / data_dir.name / f"seed{seed}")
+    summary = summarize(output_dir)
+    export_results(output_dir, Path(research.results_dir), summary)
+    print(summary_table(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)
