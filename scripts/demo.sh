@@ -30,9 +30,18 @@ free_gb = shutil.disk_usage(".").free / 2**30
 if free_gb < 3:
     sys.exit(f"Only {free_gb:.1f} GB free here; the demo needs about 3 GB (converted backbone, checkpoints).")
 PY
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$RUN"
 start=$(date +%s)
-step() { echo; echo "== $* ($(( $(date +%s) - start )) s)"; }
+PHASES=$RUN/phases.tsv  # each phase's wall time, read by the report
+printf 'phase\tseconds\n' > "$PHASES"
+phase=""
+phase_start=$start
+step() {
+    local now; now=$(date +%s)
+    [ -z "$phase" ] || printf '%s\t%s\n' "$phase" "$(( now - phase_start ))" >> "$PHASES"
+    phase=$*; phase_start=$now
+    echo; echo "== $* ($(( now - start )) s)"
+}
 
 step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, MiniLM text + SASRec ID features"
 "$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
@@ -81,6 +90,7 @@ step "5. Reload the exported folder in a fresh process (remote code only) and re
 "$PY" scripts/recommend_example.py "$EXPORT" "$DATA"
 
 step "6. Report"
-"$PY" -m trainer.report --run "$RUN" --vision-check "$VISION_RUN"
+printf 'total\t%s\n' "$(( $(date +%s) - start ))" >> "$PHASES"
+"$PY" -m trainer.report --run "$RUN" --vision-check "$VISION_RUN" --phases "$PHASES"
 cat "$RUN/results.md"
 echo "Done in $(( $(date +%s) - start )) s. Report: $RUN/report/report.md; Hub folder: $EXPORT"

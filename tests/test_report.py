@@ -33,7 +33,11 @@ def test_ablations_and_report_show_every_row(tmp_path):
     assert hits / len(records) == pytest.approx(results["test"]["vhr@1"])
     sasrec_records = [{**r, "answer": r["label"]} for r in records]  # a perfect SASRec: Speeder - SASRec <= 0
     write_predictions(tmp_path / "data" / "baselines" / "sasrec.predictions.jsonl", sasrec_records)
-    report = write_report(["--run", str(tmp_path / "run")]).read_text()
+    phases = tmp_path / "phases.tsv"
+    phases.write_text("phase\tseconds\n1. Data\t75\ntotal\t610\n")
+    report = write_report(["--run", str(tmp_path / "run"), "--phases", str(phases)]).read_text()
+    assert "| 1. Data | 1 min 15 s |" in report and "| total | 10 min 10 s |" in report
+    assert "AMX (native bf16)" in report
     assert "| SASRec | 0.5000 | 1.0000 | 0.5000 | 0.7000 |" in report
     assert "### Intervals" in report
     assert "| stage | id gate | vision gate |" in report  # the run's tanh gates, measured after each stage

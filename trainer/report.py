@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -27,6 +28,7 @@ from metrics.predictions import (  # noqa: E402
     sequence_hits,
 )
 
+from .arguments import cpu_has_native_bf16  # noqa: E402
 from .reporting import format_row  # noqa: E402
 
 BASELINE_NAMES = {"pop": "Pop (popularity)", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
@@ -149,8 +151,30 @@ def plot_models(models: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def machine_description() -> str:
+    """CPU model, logical CPUs torch uses, and whether bf16 runs natively (AMX): what a wall time depends on."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{model}, {torch.get_num_threads()} torch threads, AMX (native bf16) "
+            f"{'yes' if cpu_has_native_bf16() else 'no'}, {gpu}, torch {torch.__version__}")
+
+
+def phase_table(path: Path) -> str:
+    """The main job's phases and their wall times from `scripts/demo.sh`'s `phases.tsv`."""
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    lines = ["| phase | wall time |", "| --- | --- |"]
+    lines += [f"| {name} | {int(seconds) // 60} min {int(seconds) % 60} s |" for name, seconds in rows]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
-    run_dir: Path, out_dir: Path, benchmark: Path | None = None, vision_check: Path | None = None
+    run_dir: Path, out_dir: Path, benchmark: Path | None = None, vision_check: Path | None = None,
+    phases: Path | None = None,
 ) -> Path:
     """Writes `report.md` and its PNGs into `out_dir`; returns the Markdown path."""
     found = collect(run_dir)
@@ -158,8 +182,10 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_models(found["models"], out_dir / "results.png")
     lines = [f"# Speeder results: `{run_dir}`", "",
-             f"Machine: {platform.processor() or platform.machine()}, {platform.system()}; "
+             f"Machine: {machine_description()}, {platform.system()}; "
              f"data: `{found['data_dir']}`.", ""]
+    if phases is not None and phases.is_file():
+        lines += ["## Wall time of the main job", "", phase_table(phases)]
     stats = found["stats"] or {}
     if stats:
         lines += ["## Data", "", "| interactions | items | sequences | avg. sequence length |", "| --- | --- | --- | --- |",
@@ -211,9 +237,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--benchmark", type=Path, help="JSON written by bench/efficiency.py.")
     parser.add_argument("--vision-check", type=Path,
                         help="A configs/vision_check.yaml run with its wo_vision ablation.")
+    parser.add_argument("--phases", type=Path, help="phases.tsv of scripts/demo.sh: each phase's wall time.")
     parser.add_argument("--out", type=Path, help="Report folder (default: RUN/report).")
     args = parser.parse_args(argv)
-    path = write_report(args.run, args.out or args.run / "report", args.benchmark, args.vision_check)
+    path = write_report(args.run, args.out or args.run / "report", args.benchmark, args.vision_check, args.phases)
     print(f"Report: {path}")
     return path
 
