@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the offline real data, end to end: MovieLens-100K -> item features (MiniLM text, SASRec ID) ->
-# ID baselines -> MPO stages 1-3 on SmolLM2-135M-Instruct -> test metrics -> Hub-ready folder -> a recommendation
-# from that folder in a fresh process -> report. Every step is resumable: rerun this script after an interruption.
-# DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite runs a tiny version:
-# DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). ABLATIONS (default none; `all` or a
-# comma-separated list of trainer/arguments.py ABLATIONS names) are the paper's Table 3 runs: wo_text
-# trains one stage on MovieLens (no images, so only the ID modality is left; about 6 min); `all` costs ~11 full runs.
-# Step 3c, the vision check, trains configs/vision_check.yaml on generated images with and without vision
-# (VISION_CHECK_STEPS overrides its steps per stage; the tiny test sets a few).
+# ID baselines -> MPO stages on SmolLM2-135M-Instruct -> test metrics with per-sample predictions -> Hub-ready
+# folder -> a recommendation from that folder in a fresh process -> report. Every step is resumable: rerun this
+# script after an interruption. DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite
+# runs a tiny version: DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). Seeds, ablations, the
+# equal-budget LLaRA-style comparison, the zero-shot backbone and the vision check are the research runs:
+# scripts/research.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
@@ -47,41 +45,15 @@ step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, 
 "$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
     --id-encoder-arg epochs="${SASREC_EPOCHS:-40}" --id-encoder-arg patience=5
 
-BACKBONE=$(setting backbone)
-TRAIN_SAMPLES=$(setting max_train_samples)
-step "2. Baselines on the same stored pools: Pop, GRU4Rec, BERT4Rec (SASRec came with the ID features), LLaRA-style
-   (same backbone, LoRA budget and training samples as Speeder) and the untuned backbone zero-shot"
-for model in pop gru4rec bert4rec llara zero_shot; do
-    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs "${BASELINE_EPOCHS:-80}" --patience 10 \
-        --no-progress --backbone "$BACKBONE" --max-history "$MAX_HISTORY" --max-train-samples "$TRAIN_SAMPLES"
+step "2. ID baselines on the same stored pools: Pop, GRU4Rec, BERT4Rec (SASRec came with the ID features)"
+for model in pop gru4rec bert4rec; do
+    [ -f "$DATA/baselines/$model.json" ] || "$PY" -m baselines "$DATA" --models "$model" --epochs "${BASELINE_EPOCHS:-80}" \
+        --patience 10 --no-progress
 done
 
-step "3. Speeder: MPO stages 1-3 ($CONFIG)"
+step "3. Speeder: MPO stages ($CONFIG)"
 .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py --config "$CONFIG" \
     --data_dir "$DATA" --output_dir "$RUN" --resume true
-
-ABLATIONS=${ABLATIONS:-none}
-if [ "$ABLATIONS" != none ]; then
-    step "3b. Ablations of the paper's Table 3 ($ABLATIONS), each a full run on the same pools"
-    .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/ablations.py --config "$CONFIG" \
-        --data_dir "$DATA" --output_dir "$RUN" --resume true --ablations "$ABLATIONS"
-fi
-
-SYN_RAW=$OUT/data/synthetic-raw
-SYN=$OUT/data/synthetic
-VISION_RUN=$OUT/runs/vision_check
-VISION_ARGS=(--config configs/vision_check.yaml --data_dir "$SYN" --output_dir "$VISION_RUN")
-[ -z "${VISION_CHECK_STEPS:-}" ] || VISION_ARGS+=(--max_steps "$VISION_CHECK_STEPS")
-step "3c. Vision check: generated items whose target only its image tells apart -> MiniLM + EfficientNet-Lite0
-   features -> stages 1-2 with and without vision (configs/vision_check.yaml, tiny backbone)"
-"$PY" -m datasets_builder synthetic --out "$SYN_RAW" > /dev/null
-"$PY" -m datasets_builder build --format amazon2018 --interactions "$SYN_RAW/reviews.jsonl" \
-    --metadata "$SYN_RAW/metadata.jsonl" --image-dir "$SYN_RAW/images" --image-pattern '{item_id}.png' \
-    --max-history 8 --out "$SYN" > /dev/null
-"$PY" -m datasets_builder features "$SYN" --id-encoder none
-.venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py "${VISION_ARGS[@]}"
-.venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/ablations.py "${VISION_ARGS[@]}" \
-    --ablations wo_vision
 
 step "4. Export a Hub-ready folder"
 [ -d "$EXPORT" ] || "$PY" -m hub_upload export "$RUN" --out "$EXPORT" --data-dir "$DATA"
@@ -91,6 +63,6 @@ step "5. Reload the exported folder in a fresh process (remote code only) and re
 
 step "6. Report"
 printf 'total\t%s\n' "$(( $(date +%s) - start ))" >> "$PHASES"
-"$PY" -m trainer.report --run "$RUN" --vision-check "$VISION_RUN" --phases "$PHASES"
+"$PY" -m trainer.report --run "$RUN" --phases "$PHASES"
 cat "$RUN/results.md"
 echo "Done in $(( $(date +%s) - start )) s. Report: $RUN/report/report.md; Hub folder: $EXPORT"

@@ -1,12 +1,17 @@
 """The research command: seeds x data folders for Speeder, its ablations and the baselines, and the summary."""
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from speeder_fixtures import write_planted_dataset
 
 from trainer.research import ResearchArguments
 from trainer.research import main as research
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ["--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
         "--per_device_train_batch_size", "8", "--report_to", "none", "--max_eval_samples", "8", "--max_steps", "1",
@@ -44,3 +49,20 @@ def test_research_names_bad_inputs(tmp_path):
         ResearchArguments(baselines="sasrek").baseline_list()
     with pytest.raises(FileNotFoundError, match="not a built data folder"):
         research(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), *TINY])
+
+
+def test_research_script_runs_every_part_on_the_tiny_config(tmp_path):
+    env = {**os.environ, "CONFIG": "configs/tiny.yaml", "OUT": str(tmp_path / "out"),
+           "RESULTS": str(tmp_path / "results"), "SEEDS": "1", "SPLIT_SEEDS": "42", "ABLATIONS": "wo_ppt",
+           "LLARA": "true", "SASREC_EPOCHS": "2", "BASELINE_EPOCHS": "2", "VISION_CHECK_STEPS": "5"}
+    result = subprocess.run(["bash", "scripts/research.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=1500)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    summary = json.loads((results / "summary.json").read_text())
+    assert {"speeder", "speeder/wo_ppt", "sasrec", "llara"} <= set(summary["models"])
+    assert summary["models"]["llara"]["cells"]["ml-100k-split42/seed1"]["speeder_minus_paper"]["n"] > 0
+    assert (results / "zero_shot" / "zero_shot.predictions.jsonl").is_file()
+    vision = (results / "vision_check" / "report.md").read_text()
+    assert "| with vision (stages 1-2) |" in vision and "| without vision (wo_vision) |" in vision
+    assert (results / "vision_check" / "ablations" / "wo_vision" / "results.predictions.jsonl").is_file()

@@ -70,10 +70,10 @@ class ResearchArguments:
         return names
 
 
-def speeder_epochs(args: SpeederArguments, training_args: SpeederSFTConfig) -> float:
-    """Epochs Speeder trains over its rows, summed over the stages it runs (the LLaRA-style run gets as many)."""
+def speeder_epochs(args: SpeederArguments, training_args: SpeederSFTConfig, stages: list[int]) -> float:
+    """Epochs Speeder trained over its rows, summed over the `stages` it ran (the LLaRA-style run gets as many)."""
     per_stage = parse_stage_epochs(args.stage_epochs)
-    return sum(per_stage.get(n, training_args.num_train_epochs) for n in args.stage_numbers)
+    return sum(per_stage.get(n, training_args.num_train_epochs) for n in stages)
 
 
 def run_one(data_dir: Path, seed: int, args: SpeederArguments, training_args: SpeederSFTConfig,
@@ -99,12 +99,14 @@ def run_one(data_dir: Path, seed: int, args: SpeederArguments, training_args: Sp
             train_baseline(name, data_dir, seed=seed, output_dir=out / "baselines", epochs=research.baseline_epochs,
                            patience=research.baseline_patience, show_progress=False)
     if research.llara and not (out / "baselines" / "llara.json").is_file():
+        ran = [int(n) for n in json.loads((out / "speeder" / "results.json").read_text())["stages"]]
+        epochs = speeder_epochs(args, training_args, ran)
         target_modules = ",".join(args.target_modules)
         train_llara(data_dir, backbone=args.backbone, max_history=args.max_history, seed=seed,
                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                     learning_rate=training_args.learning_rate, batch_size=training_args.per_device_train_batch_size,
                     lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target_modules=target_modules,
-                    prefix_min_history=args.prefix_min_history, num_train_epochs=speeder_epochs(args, training_args),
+                    prefix_min_history=args.prefix_min_history, num_train_epochs=epochs,
                     output_dir=str(out / "llara_run"), results_dir=str(out / "baselines"))
 
 
