@@ -41,7 +41,7 @@ BASE_CONFIG_KEYS = (
     "modalities", "text_feature_size", "vision_feature_size", "id_feature_size", "fusion_hidden_size",
     "fusion_num_attention_heads", "fusion_intermediate_size", "num_modality_expert_layers",
     "num_multimodal_expert_layers", "fusion_dropout", "gate_type", "gate_bias_init", "max_history_length",
-    "use_history_positions", "candidate_labels",
+    "use_history_positions", "history_indices", "candidate_labels",
 )
 
 

@@ -35,6 +35,8 @@ class SpeederConfig(PretrainedConfig):
             closed gate; a positive value passes `tanh(b)` of the modality from the first step.
         max_history_length (`int`): rows of the Position Prompt Learning table (longest history the model reads).
         use_history_positions (`bool`): add the PPL table to history items (False = the "w/o PPL" ablation).
+        history_indices (`bool`): write each history item's index before its `<item>` token (the paper's prompt);
+            False writes one `<item>` token per history item, its order carried by PPL alone.
         item_token_id (`int`): id of the `<item>` placeholder token in the backbone's vocabulary.
         candidate_labels (`list[str]`): label text of each candidate slot in the prompt.
         candidate_label_token_ids (`list[int]`): token id of each candidate label (its answer token).
@@ -59,6 +61,7 @@ class SpeederConfig(PretrainedConfig):
     gate_bias_init: float = 0.0
     max_history_length: int = 50
     use_history_positions: bool = True
+    history_indices: bool = True
     item_token_id: int | None = None
     candidate_labels: list[str] | None = None
     candidate_label_token_ids: list[int] | None = None

@@ -606,7 +606,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     def prompt_builder(self, tokenizer) -> SpeederPromptBuilder:
         """The prompt builder this model was trained with, checked against the config's token ids."""
-        builder = SpeederPromptBuilder(tokenizer, self.config.candidate_labels)
+        builder = SpeederPromptBuilder(
+            tokenizer, self.config.candidate_labels, history_indices=self.config.history_indices
+        )
         if builder.item_token_id != self.config.item_token_id:
             raise ValueError(
                 f"The tokenizer's <item> id {builder.item_token_id} differs from config.item_token_id "

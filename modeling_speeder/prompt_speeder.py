@@ -1,8 +1,11 @@
 """The Hybrid Prompt: the one place where Speeder's prompt text is defined.
 
-Every item occupies its index text and one `<item>` placeholder token whose input embedding the model replaces with
-the item's one-token multimodal embedding. Items are listed in the prompt in placeholder order: history first
-(positions 1..n for PPL), then the candidates (or the three PPT items), which carry no position.
+Every item occupies one `<item>` placeholder token whose input embedding the model replaces with the item's one-token
+multimodal embedding, after a label: its index for a history item (the paper's "1<item>2<item>"; with
+`history_indices=False` the history is "<item><item>", one token per item, its order carried by PPL alone) and its
+letter for a candidate (" A<item> B<item>": the answer names the letter); the three PPT items have none. Items are
+listed in the prompt in placeholder order: history first (positions 1..n for PPL), then the candidates (or the
+three PPT items), which carry no position.
 
 This file travels with the model (remote code), so an exported folder builds exactly the prompts it was trained on.
 """
@@ -16,6 +19,7 @@ PPT_ANSWERS = ("yes", "no")
 
 HISTORY_TEMPLATE = "The user interacted with these items in order:{items}."
 HISTORY_ITEM_TEMPLATE = "{index}" + ITEM_TOKEN  # no spaces: 2 tokens per item for n < 10
+HISTORY_ITEM_WITHOUT_INDEX = ITEM_TOKEN  # `history_indices=False`: adjacent placeholders, nothing between them
 CANDIDATES_TEMPLATE = "\nCandidates:{items}."
 CANDIDATE_ITEM_TEMPLATE = " {label}" + ITEM_TOKEN
 RECOMMENDATION_QUESTION = "\nWhich candidate will the user interact with next? Answer:"
@@ -60,11 +64,14 @@ class SpeederPromptBuilder:
     Args:
         tokenizer: a tokenizer that knows `<item>` as a single (added) token.
         candidate_labels: the label text of each candidate slot, each a single token after a space.
+        history_indices: write each history item's index before its `<item>` (the paper's prompt, 2-3 tokens per
+            history item); False writes the `<item>` tokens alone (1 token per history item).
     """
 
-    def __init__(self, tokenizer, candidate_labels=DEFAULT_CANDIDATE_LABELS):
+    def __init__(self, tokenizer, candidate_labels=DEFAULT_CANDIDATE_LABELS, history_indices: bool = True):
         self.tokenizer = tokenizer
         self.candidate_labels = tuple(candidate_labels)
+        self.history_indices = bool(history_indices)
         self.item_token_id = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
         if self.item_token_id is None or self.item_token_id == tokenizer.unk_token_id:
             raise ValueError(
@@ -86,8 +93,12 @@ class SpeederPromptBuilder:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text).input_ids)  # the tokenizer's own special tokens (e.g. Llama's BOS)
 
+    def history_item_text(self, index: int) -> str:
+        """The text of the history item at position `index` (1-based): its index and `<item>`, or `<item>` alone."""
+        return HISTORY_ITEM_TEMPLATE.format(index=index) if self.history_indices else HISTORY_ITEM_WITHOUT_INDEX
+
     def _history_text(self, history_length: int) -> str:
-        items = "".join(HISTORY_ITEM_TEMPLATE.format(index=k) for k in range(1, history_length + 1))
+        items = "".join(self.history_item_text(k) for k in range(1, history_length + 1))
         return HISTORY_TEMPLATE.format(items=items)
 
     def recommendation(self, history_length: int, num_candidates: int, answer: int | None = None) -> SpeederPrompt:

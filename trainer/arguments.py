@@ -47,6 +47,11 @@ class SpeederArguments:
         default=1.0, metadata={"help": "PPT samples mixed in per training sequence (0 disables PPT)."}
     )
     use_history_positions: bool = field(default=True, metadata={"help": "Position Prompt Learning (PPL)."})
+    history_indices: bool = field(
+        default=True,
+        metadata={"help": "Write each history item's index before its <item> token (the paper's prompt); false "
+                          "writes one <item> token per history item, its order carried by PPL alone."},
+    )
     gate_type: str = field(default="tanh", metadata={"help": f"One of {list(GATE_TYPES)}."})
     gate_bias_init: float = field(
         default=0.0,

@@ -314,6 +314,7 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
         modalities=list(features.features),
         max_history_length=args.max_history,
         use_history_positions=args.use_history_positions,
+        history_indices=args.history_indices,
         gate_type=args.gate_type,
         gate_bias_init=args.gate_bias_init,
         fusion_hidden_size=args.fusion_hidden_size,
