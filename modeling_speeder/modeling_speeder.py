@@ -19,6 +19,9 @@ from transformers.utils import cached_file, logging
 
 from .configuration_speeder import MODALITIES, SpeederConfig
 from .prompt_speeder import SpeederPromptBuilder
+from .retrieval_speeder import (
+    RETRIEVERS, SASREC_RETRIEVER_FILE, SpeederSASRecRetriever, item_cache_scores, top_rows
+)
 
 logger = logging.get_logger(__name__)
 
@@ -653,84 +656,328 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             self._prompt_builder_of = (tokenizer, self.prompt_builder(tokenizer))
         return self._prompt_builder_of[1]
 
-    @torch.no_grad()
-    def recommend(
-        self, history_item_ids: list, candidate_item_ids: list, top_k: int | None = None, tokenizer=None
-    ) -> list[tuple[str, float]]:
-        """Ranks candidate items for a user from ONE forward pass over the item cache.
+    def load_sasrec_retriever(
+        self, name_or_path: str | os.PathLike | None = None, revision: str | None = None
+    ) -> SpeederSASRecRetriever | None:
+        """Loads the SASRec retriever (`retriever_sasrec.safetensors`) of a model folder or Hub repo (default: the one
+        this model was loaded from) for `recommend(..., retriever="sasrec")`; None when that folder has none."""
+        source = str(name_or_path or self.name_or_path or "")
+        file = None
+        if source:
+            file = cached_file(source, SASREC_RETRIEVER_FILE, revision=revision,
+                               _raise_exceptions_for_missing_entries=False)
+        if file is None:
+            return None
+        retriever = SpeederSASRecRetriever.from_file(file)
+        self.__dict__["_sasrec_retriever"] = retriever  # beside the model, not a submodule: kept out of its weights
+        return retriever
 
-        Args:
-            history_item_ids: a list of the ids of the items the user interacted with, oldest first; beyond
-                `config.max_history_length` only the most recent are kept.
-            candidate_item_ids: distinct ids to rank, at most `len(config.candidate_labels)`.
-            top_k: keep the `top_k` best; None keeps all.
-            tokenizer: the model's tokenizer; default: loaded from the model's folder.
-        Returns:
-            `[(item_id, score), ...]`, best first (ties keep the candidates' order); a score is the logit of the
-            candidate's label at the answer position, comparable within one call.
-        """
-        if isinstance(history_item_ids, (Set, Mapping)):
+    def available_retrievers(self) -> list[str]:
+        """The retrievers `recommend` can use without candidates: `"item_cache"`, and `"sasrec"` when the model's
+        folder ships a SASRec retriever."""
+        has_sasrec = self.__dict__.get("_sasrec_retriever") is not None or self.load_sasrec_retriever() is not None
+        return [name for name in RETRIEVERS if name != "sasrec" or has_sasrec]
+
+    @staticmethod
+    def _checked_history(history, name: str) -> list:
+        if isinstance(history, (Set, Mapping)):
             raise ValueError(
-                f"history_item_ids is a {type(history_item_ids).__name__}, which has no order, but history order "
-                "matters: pass a list, oldest first."
+                f"{name} is a {type(history).__name__}, which has no order, but history order matters: pass a list, "
+                "oldest first."
             )
-        for name, ids in (("history_item_ids", history_item_ids), ("candidate_item_ids", candidate_item_ids)):
-            if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
-                raise ValueError(f"{name} must be a list of item ids, got {type(ids).__name__} {ids!r}.")
-        history, candidates = list(history_item_ids), list(candidate_item_ids)
+        if isinstance(history, (str, bytes)) or not hasattr(history, "__len__"):
+            raise ValueError(f"{name} must be a list of item ids, got {type(history).__name__} {history!r}.")
+        if not len(history):
+            raise ValueError(f"{name} is empty: Speeder needs at least one item the user interacted with.")
+        return list(history)
+
+    def _checked_candidates(self, candidates, name: str) -> list:
         labels = self.config.candidate_labels
-        if not history:
-            raise ValueError("history_item_ids is empty: Speeder needs at least one item the user interacted with.")
+        if isinstance(candidates, (str, bytes)) or not hasattr(candidates, "__len__"):
+            raise ValueError(f"{name} must be a list of item ids, got {type(candidates).__name__} {candidates!r}.")
+        candidates = list(candidates)
         if not candidates:
-            raise ValueError(f"candidate_item_ids is empty: give 1 to {len(labels)} items to rank.")
+            raise ValueError(f"{name} is empty: give 1 to {len(labels)} items to rank, or none to retrieve them.")
         if len(candidates) > len(labels):
             raise ValueError(
-                f"{len(candidates)} candidates given, but the model ranks at most {len(labels)} at once (one per "
-                f"candidate label {labels}): pass at most {len(labels)}."
+                f"{len(candidates)} candidates given in {name}, but the model ranks at most {len(labels)} at once (one "
+                f"per candidate label {labels}): pass at most {len(labels)}."
             )
         repeated = [item_id for item_id, count in Counter(str(c) for c in candidates).items() if count > 1]
         if repeated:
-            raise ValueError(f"candidate_item_ids repeats {repeated}: each candidate must appear once.")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+            raise ValueError(f"{name} repeats {repeated}: each candidate must appear once.")
+        return candidates
+
+    def _retrieve(
+        self, histories: list[list], names: list[str], num_candidates: int | None, retriever: str, exclude_history: bool
+    ) -> list[list[str]]:
+        """`retrieve` of checked histories; `names` name them in errors."""
+        labels = self.config.candidate_labels
+        if retriever not in RETRIEVERS:
+            raise ValueError(
+                f"Unknown retriever {retriever!r}: the available retrievers are {self.available_retrievers()}."
+            )
+        if num_candidates is not None and (
+            not isinstance(num_candidates, int) or isinstance(num_candidates, bool)
+            or not 1 <= num_candidates <= len(labels)
+        ):
+            raise ValueError(
+                f"num_candidates must be an integer in 1..{len(labels)}, got {num_candidates!r}: Speeder re-ranks at "
+                f"most {len(labels)} candidates in one pass (one per candidate label {list(labels)})."
+            )
         cache = self.item_cache
-        rows = cache.rows_of(history + candidates)  # one error naming every unknown id
+        cache.rows_of([item_id for history in histories for item_id in history])  # one error naming every unknown id
+        retrievable = torch.ones(len(cache), dtype=torch.bool)
+        if retriever == "sasrec":
+            sasrec = self.__dict__.get("_sasrec_retriever") or self.load_sasrec_retriever()
+            if sasrec is None:
+                raise ValueError(
+                    f"retriever='sasrec' needs a SASRec retriever ({SASREC_RETRIEVER_FILE}) beside the weights, and "
+                    f"{self.name_or_path!r} has none: the available retrievers are {self.available_retrievers()} "
+                    "(hub_upload's export_run(..., sasrec_retriever=True) ships one)."
+                )
+            known = [[item_id for item_id in history if str(item_id) in sasrec.rows] for history in histories]
+            blind = [name for name, history in zip(names, known) if not history]
+            if blind:
+                raise ValueError(
+                    f"The SASRec retriever knows none of the items of {blind} (items added after its training, with "
+                    "add_items): use retriever='item_cache' for them."
+                )
+            if any(len(k) < len(h) for k, h in zip(known, histories)):
+                logger.warning_once("The SASRec retriever reads only the history items it was trained on.")
+            columns = [column for column, item_id in enumerate(sasrec.item_ids) if item_id in cache]
+            rows = torch.tensor([cache.rows[sasrec.item_ids[column]] for column in columns], dtype=torch.long)
+            scores = torch.full((len(histories), len(cache)), float("-inf"))
+            scores[:, rows] = sasrec.score(known)[:, columns].cpu()
+            retrievable = torch.zeros(len(cache), dtype=torch.bool)
+            retrievable[rows] = True  # items added after SASRec's training have no score
+        else:
+            scores = item_cache_scores(cache.embeddings, [cache.rows_of(history) for history in histories])
+        retrieved = []
+        for name, history, row_scores in zip(names, histories, scores):
+            allowed = retrievable.clone()
+            if exclude_history:
+                allowed[cache.rows_of(history)] = False
+            available = int(allowed.sum())
+            k = min(len(labels), available) if num_candidates is None else num_candidates
+            left = f"{available} of the item cache's {len(cache)} items"
+            left += " once the history is left out" if exclude_history else ""
+            if available == 0:
+                raise ValueError(
+                    f"{name}: the {retriever!r} retriever has {left}, nothing to recommend: pass "
+                    f"{'exclude_history=False or ' if exclude_history else ''}candidate_item_ids."
+                )
+            if k > available:
+                raise ValueError(
+                    f"{name}: the {retriever!r} retriever has only {left}, fewer than num_candidates={k}: pass "
+                    f"num_candidates <= {available}."
+                )
+            retrieved.append([cache.item_ids[row] for row in top_rows(row_scores, k, allowed)])
+        return retrieved
+
+    @torch.no_grad()
+    def retrieve(
+        self,
+        histories: list[list],
+        num_candidates: int | None = None,
+        retriever: str = "item_cache",
+        exclude_history: bool = True,
+    ) -> list[list[str]]:
+        """The K items of the item cache that `recommend` re-ranks for each history, best first by the retriever.
+
+        Args:
+            histories: per user, the ids of the items they interacted with, oldest first.
+            num_candidates: K, at most `len(config.candidate_labels)` (the prompt has one label per candidate);
+                default: that many, or all the items left when fewer.
+            retriever: `"item_cache"`: cosine between the mean cached embedding of the history and every cached item;
+                `"sasrec"`: the scores of the SASRec ID model exported with the folder, over the cached items it knows.
+            exclude_history: leave out the items of the history.
+        Returns:
+            per history, K item ids.
+        """
+        names = [f"histories[{index}]" for index in range(len(histories))]
+        histories = [self._checked_history(history, name) for history, name in zip(histories, names)]
+        return self._retrieve(histories, names, num_candidates, retriever, exclude_history)
+
+    def _rank(self, histories: list[list], candidate_lists: list[list], tokenizer=None) -> list[list[tuple]]:
+        """Scores each history's candidates in ONE forward pass over right-padded prompts; per history,
+        `[(item_id, score), ...]` best first."""
+        cache = self.item_cache
+        builder = self._builder(tokenizer)
         max_history = self.config.max_history_length
-        if len(history) > max_history:
+        if any(len(history) > max_history for history in histories):
             logger.warning_once(
                 f"recommend() keeps the {max_history} most recent history items (the model's position table has "
                 f"{max_history} rows); older items are dropped."
             )
-            rows, history = rows[len(history) - max_history:], history[-max_history:]
-        prompt = self._builder(tokenizer).recommendation(len(history), len(candidates))
+            histories = [history[-max_history:] for history in histories]
+        prompts = [builder.recommendation(len(h), len(c)) for h, c in zip(histories, candidate_lists)]
+        items = [item_id for h, c in zip(histories, candidate_lists) for item_id in h + c]
+        rows = torch.tensor(cache.rows_of(items), dtype=torch.long)
+        pad_id = next(token for token in (builder.tokenizer.pad_token_id, builder.tokenizer.eos_token_id, 0, 1)
+                      if token is not None and token != self.config.item_token_id)
+        input_ids = torch.full((len(prompts), max(len(p.input_ids) for p in prompts)), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, prompt in enumerate(prompts):
+            input_ids[index, : len(prompt.input_ids)] = torch.tensor(prompt.input_ids)
+            attention_mask[index, : len(prompt.input_ids)] = 1
+        positions = [position for prompt in prompts for position in prompt.history_positions]
         device = self.device
         was_training = self.training
         self.eval()
         try:
             scores = self.score_candidates(
-                torch.tensor([prompt.input_ids], device=device),
-                num_candidates=len(candidates),
-                item_embeddings=cache.embeddings[torch.tensor(rows)].to(device=device, dtype=self.dtype),
-                history_positions=torch.tensor(prompt.history_positions, device=device),
-            )[0].float().cpu()
+                input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                num_candidates=max(len(c) for c in candidate_lists),
+                item_embeddings=cache.embeddings[rows].to(device=device, dtype=self.dtype),
+                history_positions=torch.tensor(positions, device=device),
+            ).float().cpu()
         finally:
             self.train(was_training)
-        if not torch.isfinite(scores).all():
-            finite = torch.isfinite(cache.embeddings[torch.tensor(rows)]).all(dim=-1).tolist()
-            bad = list(dict.fromkeys(i for i, ok in zip(history + candidates, finite) if not ok))
-            if bad:
+        rankings, start = [], 0
+        for history, candidates, row_scores in zip(histories, candidate_lists, scores):
+            row_scores, own_rows = row_scores[: len(candidates)], rows[start:start + len(history) + len(candidates)]
+            start += len(history) + len(candidates)
+            if not torch.isfinite(row_scores).all():
+                finite = torch.isfinite(cache.embeddings[own_rows]).all(dim=-1).tolist()
+                bad = list(dict.fromkeys(i for i, ok in zip(history + candidates, finite) if not ok))
+                if bad:
+                    raise ValueError(
+                        f"The cached embeddings of items {_listed(bad)} are not finite (NaN or inf), so neither are "
+                        "the scores: rebuild the item cache from finite features (model.add_items checks them), or "
+                        "leave these items out."
+                    )
                 raise ValueError(
-                    f"The cached embeddings of items {_listed(bad)} are not finite (NaN or inf), so neither are the "
-                    "scores: rebuild the item cache from finite features (model.add_items checks them), or leave "
-                    "these items out."
+                    f"The scores of {candidates} are not finite although every item's embedding is: the model's "
+                    f"weights give non-finite logits in {self.dtype}; check the weights for NaN or inf."
                 )
+            row_scores = row_scores.tolist()
+            order = sorted(range(len(candidates)), key=lambda i: -row_scores[i])
+            rankings.append([(candidates[i], row_scores[i]) for i in order])
+        return rankings
+
+    def _recommend(
+        self, histories, candidate_lists, names: list[str], candidate_names: list[str], top_k: int | None, tokenizer,
+        num_candidates: int | None, retriever: str, exclude_history: bool, batch_size: int,
+    ) -> list[list[tuple]]:
+        """`recommend_batch` with `names` / `candidate_names` naming each history / candidate list in errors."""
+        histories = [self._checked_history(history, name) for history, name in zip(histories, names)]
+        if candidate_lists is not None:
+            if num_candidates is not None:
+                raise ValueError(
+                    f"num_candidates={num_candidates} is the number of items to retrieve when no candidates are "
+                    "given: pass candidate_item_ids or num_candidates, not both."
+                )
+            candidate_lists = [self._checked_candidates(c, name) for c, name in zip(candidate_lists, candidate_names)]
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        cache = self.item_cache
+        if top_k is not None and top_k > len(cache):
             raise ValueError(
-                f"The scores of {candidates} are not finite although every item's embedding is: the model's weights "
-                f"give non-finite logits in {self.dtype}; check the weights for NaN or inf."
+                f"top_k={top_k} is above the catalogue size: the item cache holds {len(cache)} items; pass "
+                f"top_k <= {len(cache)}."
             )
-        scores = scores.tolist()
-        order = sorted(range(len(candidates)), key=lambda i: -scores[i])
-        return [(candidates[i], scores[i]) for i in order][:top_k]
+        if candidate_lists is None:
+            candidate_lists = self._retrieve(histories, names, num_candidates, retriever, exclude_history)
+            short = [name for name, c in zip(names, candidate_lists) if top_k is not None and top_k > len(c)]
+            if short:
+                labels = self.config.candidate_labels
+                raise ValueError(
+                    f"top_k={top_k} is above the {min(len(c) for c in candidate_lists)} candidates retrieved for "
+                    f"{short} and re-ranked (at most one per candidate label {list(labels)}): pass top_k <= "
+                    f"{min(len(c) for c in candidate_lists)}, or give candidate_item_ids."
+                )
+        else:
+            cache.rows_of([item_id for h, c in zip(histories, candidate_lists) for item_id in h + c])  # names them all
+        rankings = []
+        for start in range(0, len(histories), batch_size):
+            stop = start + batch_size
+            rankings += self._rank(histories[start:stop], candidate_lists[start:stop], tokenizer)
+        return [ranking[:top_k] for ranking in rankings]
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        history_item_ids: list,
+        candidate_item_ids: list | None = None,
+        top_k: int | None = None,
+        tokenizer=None,
+        num_candidates: int | None = None,
+        retriever: str = "item_cache",
+        exclude_history: bool = True,
+    ) -> list[tuple[str, float]]:
+        """Ranks items for a user from ONE forward pass over the item cache: the given candidates, or, without them,
+        `num_candidates` items retrieved from the whole catalogue (the item cache).
+
+        Args:
+            history_item_ids: a list of the ids of the items the user interacted with, oldest first; beyond
+                `config.max_history_length` only the most recent are kept.
+            candidate_item_ids: distinct ids to rank, at most `len(config.candidate_labels)`; None retrieves them.
+            top_k: keep the `top_k` best; None keeps all the ranked candidates. It may not exceed the catalogue size
+                nor, without candidates, the number of items retrieved.
+            tokenizer: the model's tokenizer; default: loaded from the model's folder.
+            num_candidates: without candidates, K, the number of items retrieved and re-ranked. The prompt holds one
+                label per candidate, so K is at most `len(config.candidate_labels)` (5 by default), which is also the
+                default (fewer when fewer items are left to retrieve).
+            retriever: without candidates, how they are retrieved: `"item_cache"` (cosine between the mean cached
+                embedding of the history and every cached item; needs nothing else) or `"sasrec"` (the SASRec ID model
+                shipped with the folder as `retriever_sasrec.safetensors`); see `available_retrievers()`.
+            exclude_history: without candidates, never retrieve items of the history.
+        Returns:
+            `[(item_id, score), ...]`, best first (ties keep the candidates' order, retrieved ones in retriever order);
+            a score is the logit of the candidate's label at the answer position, comparable within one call.
+        """
+        candidate_lists = None if candidate_item_ids is None else [candidate_item_ids]
+        return self._recommend(
+            [history_item_ids], candidate_lists, ["history_item_ids"], ["candidate_item_ids"], top_k, tokenizer,
+            num_candidates, retriever, exclude_history, batch_size=1,
+        )[0]
+
+    @torch.no_grad()
+    def recommend_batch(
+        self,
+        histories: list[list],
+        candidate_item_ids: list[list] | None = None,
+        top_k: int | None = None,
+        tokenizer=None,
+        num_candidates: int | None = None,
+        retriever: str = "item_cache",
+        exclude_history: bool = True,
+        batch_size: int = 32,
+    ) -> list[list[tuple[str, float]]]:
+        """`recommend` for several users: one forward pass per `batch_size` histories (prompts right-padded).
+
+        Args:
+            histories: per user, a list of item ids, oldest first.
+            candidate_item_ids: per user, the candidates to rank; None retrieves them (see `recommend`).
+            top_k, tokenizer, num_candidates, retriever, exclude_history: as in `recommend`.
+            batch_size: histories per forward pass.
+        Returns:
+            per user, `[(item_id, score), ...]`, best first.
+        """
+        if isinstance(histories, (str, bytes, Set, Mapping)) or not hasattr(histories, "__len__"):
+            raise ValueError(
+                f"histories must be a list of histories (each a list of item ids, oldest first), got "
+                f"{type(histories).__name__} {histories!r}."
+            )
+        if not len(histories):
+            raise ValueError("histories is empty: give at least one history.")
+        names = [f"histories[{index}]" for index in range(len(histories))]
+        if candidate_item_ids is not None and (
+            isinstance(candidate_item_ids, (str, bytes)) or len(candidate_item_ids) != len(histories)
+        ):
+            raise ValueError(
+                f"candidate_item_ids must hold one list of candidates per history ({len(histories)}), got "
+                f"{candidate_item_ids!r}."
+            )
+        return self._recommend(
+            list(histories), None if candidate_item_ids is None else list(candidate_item_ids), names,
+            [f"candidate_item_ids[{index}]" for index in range(len(histories))], top_k, tokenizer, num_candidates,
+            retriever, exclude_history, batch_size,
+        )
 
     @torch.no_grad()
     def add_items(
