@@ -192,10 +192,11 @@ model = PeftModel.from_pretrained(base, "{model_id}").eval()
 model.load_item_cache("{model_id}")"""
         tokenizer = ", tokenizer=tokenizer"
     else:
-        load = f"""from transformers import AutoModel
+        load = f"""from transformers import AutoModel, pipeline
 
 model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True)"""
         tokenizer = ""
+    catalogue = "" if info["format"] == "adapter" else _catalogue_usage(info)
     return f"""## Usage
 
 ```python
@@ -205,7 +206,7 @@ import torch
 {sample}
 history = {example['history']!r}
 candidates = {example['candidates']!r}
-print(model.recommend(history, candidates, top_k=3{tokenizer}))  # [(item_id, score), ...], best first
+{catalogue}print(model.recommend(history, candidates, top_k=3{tokenizer}))  # [(item_id, score), ...], best first
 
 # A new item, encoded from its features (from the same feature encoders as the training data), is ranked at once:
 model.add_items(["new-item"], titles=["A new item"],
@@ -219,9 +220,25 @@ new items.
 """
 
 
+def _catalogue_usage(info: dict) -> str:
+    """The snippet lines that recommend from the whole catalogue, with `recommend` and with the pipeline."""
+    k = len(info["candidate_labels"])
+    sasrec = ""
+    if "sasrec" in info.get("retrievers", ()):
+        sasrec = 'print(model.recommend(history, top_k=3, retriever="sasrec"))  # candidates from the SASRec model\n'
+    return f"""# Without candidates: {k} items retrieved from the whole catalogue (cosine in the item cache, history left
+# out), re-ranked in one forward pass
+print(model.recommend(history, top_k=3))
+{sasrec}# The same as a transformers pipeline: histories by item id or title; a list of histories runs batched
+recommender = pipeline("sequential-recommendation", model="{info['model_id']}", trust_remote_code=True)
+print(recommender(history, top_k=3))  # [{{"item_id": ..., "title": ..., "score": ...}}, ...]
+"""
+
+
 def _limitations(run, args, info: dict, split: str) -> str:
     notes = [
-        f"It ranks at most {len(info['candidate_labels'])} candidates per call (one answer label each); scores are "
+        f"It ranks at most {len(info['candidate_labels'])} candidates per call (one answer label each; without "
+        "candidates, `recommend` retrieves that many from the whole catalogue and re-ranks them); scores are "
         "label logits, comparable within one call only.",
         f"It knows the {info['items']} items of its item table; other items need features from the same encoders "
         f"and modalities ({', '.join(info['modalities'])}) as its training data, passed to `add_items`.",

@@ -4,6 +4,10 @@ Merged (default): `config.json` with `auto_map`, `model.safetensors` (LoRA merge
 (`configuration_speeder.py`, `modeling_speeder.py`, `prompt_speeder.py`: the prompt template travels with the model),
 the tokenizer with `<item>`, `generation_config.json`, the item cache (`item_embeddings.safetensors` +
 `item_table.jsonl`), the model card `README.md`, the training curves and `speeder_export.json` (what was exported).
+`config.json` names `pipeline_speeder.py` as the `"sequential-recommendation"` pipeline (`custom_pipelines`), so
+`transformers.pipeline("sequential-recommendation", model=FOLDER, trust_remote_code=True)` serves the folder; with
+`sasrec_retriever`, a SASRec ID model trained as the data's ID features were ships as `retriever_sasrec.safetensors`
+for `recommend(..., retriever="sasrec")`.
 
 Adapter only: the PEFT adapter (LoRA + the trained item encoder and position table) instead of the model, with the
 tokenizer, the item cache, the card and `speeder_base.json`, the note of the base model the adapter goes on.
@@ -23,8 +27,13 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from baselines import train_baseline
 from datasets_builder.build import load_built_dataset
+from datasets_builder.features import read_feature_manifest
+from modeling_speeder import pipeline_speeder
 from modeling_speeder.modeling_speeder import ITEM_CACHE_FILE, ITEM_TABLE_FILE, SpeederItemCache
+from modeling_speeder.pipeline_speeder import PIPELINE_TASK, SpeederRecommendationPipeline
+from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
 from trainer.arguments import SpeederArguments
 from trainer.pipeline import RUN_CONFIG, STAGE_DONE, build_model, load_features, stage_modalities
 from trainer.stages import STAGES
@@ -36,6 +45,11 @@ BASE_NOTE = "speeder_base.json"
 RESULTS = "results.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ENCODE_BATCH = 1024
+PIPELINE_FILE = Path(pipeline_speeder.__file__).name
+# config.json's entry for the pipeline, as `Pipeline.save_pretrained` of a registered custom pipeline writes it.
+CUSTOM_PIPELINES = {
+    PIPELINE_TASK: {"impl": f"{Path(PIPELINE_FILE).stem}.{SpeederRecommendationPipeline.__name__}", "pt": ["AutoModel"]}
+}
 # SpeederConfig fields that `build_speeder_model` takes to rebuild the base of an adapter-only export.
 BASE_CONFIG_KEYS = (
     "modalities", "text_feature_size", "vision_feature_size", "id_feature_size", "fusion_hidden_size",
@@ -148,6 +162,7 @@ def export_run(
     dataset_id: str | None = None,
     license: str | None = None,
     overwrite: bool = False,
+    sasrec_retriever: bool = False,
 ) -> Path:
     """Writes the Hub folder of `run_dir`'s `stage` to `out` (see the module docstring) and returns `out`.
 
@@ -160,6 +175,8 @@ def export_run(
         model_id: the Hub repo id (or folder) the card's usage snippet loads; default: `out`.
         dataset_id: the Hub data set the card names.
         overwrite: replace an existing `out`.
+        sasrec_retriever: also train SASRec on the run's data (the seed and options of its ID features' manifest)
+            and ship it as `retriever_sasrec.safetensors`, the `"sasrec"` retriever of `recommend`.
     """
     out = Path(out).absolute()
     run = read_run(run_dir, stage)
@@ -181,6 +198,9 @@ def export_run(
     cache, skipped = encode_item_cache(peft_model.get_base_model(), features, items, modalities)
     if len(cache) == 0:
         raise ValueError(f"No item of {args.data_dir} has features of the stage's modalities {list(modalities)}.")
+    retriever, retriever_info = None, None
+    if sasrec_retriever:
+        retriever, retriever_info = train_sasrec_retriever(args.data_dir, items, features)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -200,9 +220,13 @@ def export_run(
             })
         else:
             merged = peft_model.merge_and_unload()
+            merged.config.custom_pipelines = CUSTOM_PIPELINES
             merged.save_pretrained(tmp)
+            shutil.copyfile(pipeline_speeder.__file__, tmp / PIPELINE_FILE)
             base = base_model or _backbone_hub_id(args.backbone)
         cache.save(tmp)
+        if retriever is not None:
+            retriever.save(tmp / SASREC_RETRIEVER_FILE)
         tokenizer.save_pretrained(tmp)
         _check_tokenizer(tmp, config.item_token_id)
         curves = _copy_training_curves(run, tmp)
@@ -211,6 +235,9 @@ def export_run(
             "model_id": model_id or str(out), "base_model": base, "dataset_id": dataset_id,
             "modalities": list(modalities), "items": len(cache), "items_without_features": skipped,
             "candidate_labels": list(config.candidate_labels),
+            "pipeline": None if adapter_only else PIPELINE_TASK,
+            "retrievers": ["item_cache"] + (["sasrec"] if retriever is not None else []),
+            "sasrec_retriever": retriever_info,
         }
         _write_json(tmp / EXPORT_INFO, info)
         example = _usage_example(sequences, items, cache, args.max_history)
@@ -223,6 +250,26 @@ def export_run(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def train_sasrec_retriever(data_dir: str | os.PathLike, items, features) -> tuple[SpeederSASRecRetriever, dict]:
+    """SASRec trained on `data_dir` as its ID features were (the seed and options their manifest records, else the
+    defaults), as the export's `"sasrec"` retriever, and a note of it: options, test metrics on the stored pools, and
+    whether its item table equals the ID features (then it is the very encoder of Speeder's ID modality)."""
+    manifest = read_feature_manifest(Path(data_dir) / "features" / "id.safetensors")
+    options = dict(manifest["key"]["options"]) if manifest and manifest["key"].get("kind") == "sasrec" else {}
+    seed = options.pop("seed", 42)
+    options.setdefault("show_progress", False)
+    with tempfile.TemporaryDirectory() as scratch:  # train_baseline writes a report and predictions there
+        result = train_baseline("sasrec", data_dir, seed=seed, output_dir=scratch, **options)
+    columns = items.select_columns(["item_index", "item_id"]).to_dict()
+    id_of = dict(zip(columns["item_index"], columns["item_id"]))
+    retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), [str(id_of[i]) for i in range(len(id_of))])
+    id_features = features.features.get("id")
+    same = id_features is not None and tuple(id_features.shape) == tuple(result.item_embeddings.shape) and bool(
+        torch.allclose(id_features.float(), result.item_embeddings, atol=1e-5))
+    note = {"seed": seed, "options": options, "test_metrics": result.test_metrics, "equals_id_features": same}
+    return retriever, note
 
 
 def check_export_target(out: Path, sources: dict[str, str | os.PathLike], overwrite: bool):
@@ -331,6 +378,6 @@ def _usage_example(sequences, items, cache: SpeederItemCache, max_history: int) 
 
 
 __all__ = [
-    "EXPORT_INFO", "ITEM_CACHE_FILE", "ITEM_TABLE_FILE", "TrainingRun", "check_export_target", "export_run",
-    "is_run_dir", "read_run",
+    "CUSTOM_PIPELINES", "EXPORT_INFO", "ITEM_CACHE_FILE", "ITEM_TABLE_FILE", "TrainingRun", "check_export_target",
+    "export_run", "is_run_dir", "read_run", "train_sasrec_retriever",
 ]
