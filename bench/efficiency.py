@@ -1,6 +1,7 @@
 """Efficiency benchmark: Speeder vs LLaRA-style and TMF-style prompts on the same backbone (issues 6, 18; Fig. 8).
 
-    python -m bench.efficiency --backbone smollm2-135m-instruct --out runs/efficiency        # CPU default
+    python -m bench.efficiency --backbone smollm2-135m-instruct --out runs/efficiency        # CPU default, long
+    python -m bench.efficiency --backbone smollm2-135m-instruct --lengths 20 --threads 1     # ~7 min on 2 cores
     python -m bench.efficiency --backbone tiny --lengths 5,10 --repeats 1 --out /tmp/eff      # seconds
     python -m bench.efficiency --backbone /path/to/Llama-2-7b-hf --device cuda --dtype bfloat16 --batch-size 16
 
@@ -92,6 +93,8 @@ PROFILE_LENGTH = 20  # history length of the profiled step and call (the nearest
 PROFILE_TOP_OPS = 10
 # glibc: serve every allocation >= 128 KiB by mmap and give it back on free, so RSS follows the live tensors.
 CPU_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+# The profiler's own log (kineto) otherwise prints an ERROR line on machines without a GPU; the caller's value wins.
+QUIET_PROFILER_ENV = {"KINETO_LOG_LEVEL": "5"}
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -736,7 +739,7 @@ def parse_args(argv=None):
                    help="untimed runs before each measurement; at least 1 runs: the memory window "
                         "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="training batch (samples per step); default 2 on CPU (keeps SmolLM2 under ~10 min), 8 on CUDA")
+                   help="training batch (samples per step); default 2 on CPU, 8 on CUDA")
     p.add_argument("--infer-samples", type=int, default=None, help="samples timed for inference (default: batch size)")
     p.add_argument("--infer-batch-size", type=int, default=1,
                    help="prompts per inference call; 1 = per-sample latency (default: %(default)s)")
@@ -835,7 +838,8 @@ def main(argv=None) -> dict:
     if args.isolation == "process":  # one clean process (fresh heap, fixed mmap threshold) for the measurements
         with tempfile.TemporaryDirectory() as tmp:
             out = str(Path(tmp) / "worker.json")
-            env = {**os.environ, **(CPU_WORKER_ENV if not args.device.startswith("cuda") else {})}
+            env = {**QUIET_PROFILER_ENV, **os.environ,
+                   **(CPU_WORKER_ENV if not args.device.startswith("cuda") else {})}
             subprocess.run([sys.executable, str(Path(__file__).resolve()), *_worker_argv(args, out)],
                            check=True, env=env)
             result = json.loads(Path(out).read_text())
