@@ -160,14 +160,15 @@ class SpeederItemEncoder(nn.Module):
 
     @torch.no_grad()
     def gate_openness(self, features: dict[str, torch.Tensor | None], modality_mask: torch.Tensor) -> dict[str, float]:
-        """Per gated modality, the mean gate value `act(A_tan e + b)` over the items it is present for and the `d_f`
-        channels: 0 = shut, 1 = fully open (a ReLU gate may exceed 1). Modalities absent from every item are left
-        out."""
+        """Per gated modality, the mean absolute gate value `|act(A_tan e + b)|` over the items it is present for and
+        the `d_f` channels: 0 = shut, 1 = fully open (a ReLU gate may exceed 1). Modalities absent from every item
+        are left out."""
         openness = {}
         for modality, gate in self.gates.items():
             rows = modality_mask[:, MODALITIES.index(modality)].bool()
             if features.get(modality) is not None and rows.any():
-                openness[modality] = gate.activation(self.adapt(modality, features[modality][rows])).mean().item()
+                values = gate.activation(self.adapt(modality, features[modality][rows]))
+                openness[modality] = values.abs().mean().item()
         return openness
 
     def forward(
