@@ -1,6 +1,7 @@
 """Command line: export a run to a Hub folder, or push a run / folder to the Hub.
 
     python -m hub_upload export RUN_DIR --out FOLDER [--stage N] [--adapter-only] [--benchmark JSON]
+        [--sasrec-retriever]
     python -m hub_upload push RUN_OR_FOLDER --repo-id NAME [--private] [--revision BRANCH] [--dry-run]
         [--dataset-dir DATA_DIR]
 """
@@ -20,6 +21,9 @@ def _export_options(parser: argparse.ArgumentParser):
     parser.add_argument("--data-dir", help="the run's data folder, when it moved since training")
     parser.add_argument("--benchmark", help="JSON of bench/efficiency.py, rendered in the card")
     parser.add_argument("--license", help="card license (default: apache-2.0 for the built-in backbones, else other)")
+    parser.add_argument("--sasrec-retriever", action="store_true",
+                        help="also train SASRec on the run's data and ship it as retriever_sasrec.safetensors, the "
+                             "'sasrec' retriever of full-catalogue recommend")
 
 
 def main(argv: list[str] | None = None) -> int:

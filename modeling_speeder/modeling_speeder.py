@@ -1065,15 +1065,48 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         return embeddings
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the item cache and the tokenizer that `recommend` loaded, when the
-        model holds them, so that the folder recommends on its own."""
+        """`PreTrainedModel.save_pretrained`, plus what serving the folder needs, so that it recommends on its own:
+        the item cache (grown by `add_items`), the tokenizer, the SASRec retriever and the pipeline file that
+        `config.custom_pipelines` names, each from this model or else from the folder it was loaded from; and the
+        exported Gradio app (`app.py`, `item_encoders.json`) of that folder."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
         is_main_process = args[0] if args else kwargs.get("is_main_process", True)
-        if self._item_cache is not None and is_main_process:
-            self._item_cache.save(save_directory)
-        if self._tokenizer is not None and is_main_process:
-            self._tokenizer.save_pretrained(save_directory)
+        if is_main_process:
+            folder = Path(save_directory)
+            source = str(self.name_or_path or "")
+            cache = self._item_cache if self._item_cache is not None else self.load_item_cache()
+            if cache is not None:
+                cache.save(folder)
+            if self._tokenizer is None and source and cached_file(
+                source, "tokenizer_config.json", _raise_exceptions_for_missing_entries=False
+            ):
+                self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+            if self._tokenizer is not None:
+                self._tokenizer.save_pretrained(folder)
+            copied = ["app.py", "item_encoders.json"]
+            retriever = self.__dict__.get("_sasrec_retriever")
+            if retriever is not None:
+                retriever.save(folder / SASREC_RETRIEVER_FILE)
+            else:
+                copied.append(SASREC_RETRIEVER_FILE)
+            pipeline_files = [f"{entry['impl'].rsplit('.', 1)[0]}.py"
+                              for entry in (getattr(self.config, "custom_pipelines", None) or {}).values()]
+            for name in pipeline_files + copied:
+                # A pipeline file lies beside this module (the repository's package, or transformers' module cache
+                # when the pipeline was loaded from there), else in the source folder like the other files.
+                found = Path(__file__).with_name(name) if name in pipeline_files else None
+                if (found is None or not found.is_file()) and source:
+                    found = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+                target = folder / name
+                if found is not None and Path(found).is_file():
+                    if not (target.exists() and target.samefile(found)):
+                        target.write_bytes(Path(found).read_bytes())
+                elif name in pipeline_files and not target.is_file():
+                    logger.warning(
+                        f"config.custom_pipelines names {name}, but neither this model's code nor {source!r} has it: "
+                        f"{folder} cannot serve transformers.pipeline(...) until you copy {name} there."
+                    )
         if push_to_hub:  # push_to_hub saves again, into a folder it uploads whole
             hub_kwargs.setdefault("repo_id", Path(save_directory).name)
             self.push_to_hub(token=kwargs.get("token"), **hub_kwargs)

@@ -12,6 +12,7 @@ from transformers import pipeline
 
 from baselines import SASRec, SASRecConfig, pad_histories
 from datasets_builder.features import compute_item_features
+from hub_upload import __main__ as cli
 from hub_upload.export import CUSTOM_PIPELINES, export_run
 from modeling_speeder import (
     PIPELINE_TASK, SpeederForSequentialRec, SpeederRecommendationPipeline, SpeederSASRecRetriever
@@ -236,3 +237,47 @@ def test_registered_pipeline_takes_a_model_object_and_refuses_shared_titles():
         recommender(["Heat", "Alien"])
     with pytest.raises(ValueError, match=r"Unknown arguments \['temperature'\]"):
         recommender(["Alien"], temperature=0.5)
+
+
+def test_export_cli_passes_sasrec_retriever(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(cli, "export_run", lambda run_dir, out, **options: calls.append(options) or Path(out))
+    assert cli.main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--sasrec-retriever"]) == 0
+    assert cli.main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    assert [options["sasrec_retriever"] for options in calls] == [True, False]
+
+
+def test_resaved_folder_with_added_items_still_serves_the_pipeline_and_sasrec(exported, tmp_path):
+    """add_items then save_pretrained, from the repository's classes and from remote code alone: the new folder keeps
+    the pipeline file, the tokenizer, the SASRec retriever and the grown item cache."""
+    grown = SpeederForSequentialRec.from_pretrained(exported)
+    grown.add_items(["new"], titles=["Brand new"], text_features=torch.randn(1, grown.config.text_feature_size))
+    grown.save_pretrained(tmp_path / "repo")
+    output = run_isolated(f"""
+        import json, torch
+        from pathlib import Path
+        from transformers import AutoModel, pipeline
+        model = AutoModel.from_pretrained({str(exported)!r}, trust_remote_code=True)
+        model.add_items(["fresh"], titles=["Fresh"], text_features=torch.randn(1, model.config.text_feature_size))
+        model.save_pretrained({str(tmp_path / "remote")!r})
+        result = {{}}
+        for name, new in (("repo", "Brand new"), ("remote", "Fresh")):
+            folder = Path({str(tmp_path)!r}) / name
+            recommender = pipeline("sequential-recommendation", model=str(folder), trust_remote_code=True,
+                                   device="cpu")
+            result[name] = {{
+                "files": sorted(p.name for p in folder.iterdir()),
+                "by_title": recommender([new, "item 2"], top_k=2),
+                "sasrec": recommender(["item1", "item2"], retriever="sasrec", num_candidates=3),
+                "retrievers": recommender.model.available_retrievers(),
+                "items": len(recommender.model.item_cache),
+            }}
+        print(json.dumps(result))
+    """)
+    result = json.loads(output.strip().splitlines()[-1])
+    for name in ("repo", "remote"):
+        served = result[name]
+        assert {"pipeline_speeder.py", "retriever_sasrec.safetensors", "tokenizer.json", "item_table.jsonl",
+                "config.json", "model.safetensors"} <= set(served["files"]), served["files"]
+        assert len(served["by_title"]) == 2 and len(served["sasrec"]) == 3
+        assert served["retrievers"] == ["item_cache", "sasrec"] and served["items"] == NUM_ITEMS + 1
