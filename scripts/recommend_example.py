@@ -1,5 +1,7 @@
 """Recommend for one test user from an exported Speeder folder, as a Hub user would: nothing from this repository
-is imported, only transformers (remote code) and datasets.
+is imported, only transformers (remote code) and datasets. Ranks the user's stored candidate pool, then recommends
+from the whole catalogue (K items retrieved from the item cache, re-ranked in one forward pass), with each retriever
+the folder ships.
 
     python scripts/recommend_example.py outputs/hub/speeder-ml100k outputs/data/ml-100k [--index 0]
 """
@@ -36,7 +38,17 @@ def main() -> None:
     for rank, (item_id, score) in enumerate(ranking, 1):
         mark = "  <- the item the user picked next" if item_id == truth else ""
         print(f"  {rank}. {title[item_id]}  (score {score:.2f}){mark}")
-    print(json.dumps({"hit@1": ranking[0][0] == truth}))
+    catalogue = {}
+    for retriever in model.available_retrievers():
+        catalogue[retriever] = model.recommend(history, retriever=retriever)
+        print(f"Speeder's top picks from the whole catalogue ({len(model.item_cache)} items; the {retriever!r} "
+              f"retriever's {len(catalogue[retriever])} best, the history left out, re-ranked in one pass):")
+        for rank, (item_id, score) in enumerate(catalogue[retriever], 1):
+            mark = "  <- the item the user picked next" if item_id == truth else ""
+            print(f"  {rank}. {title.get(item_id, item_id)}  (score {score:.2f}){mark}")
+    hits = {f"catalogue_hit@{len(ranked)}_{name}": truth in [item_id for item_id, _ in ranked]
+            for name, ranked in catalogue.items()}
+    print(json.dumps({"hit@1": ranking[0][0] == truth, **hits}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ re-ranking pass), the "sequential-recommendation" pipeline in a fresh process wi
 bad requests get (issue 19 items 1, 4 and 7)."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,3 +283,15 @@ def test_resaved_folder_with_added_items_still_serves_the_pipeline_and_sasrec(ex
                 "config.json", "model.safetensors"} <= set(served["files"]), served["files"]
         assert len(served["by_title"]) == 2 and len(served["sasrec"]) == 3
         assert served["retrievers"] == ["item_cache", "sasrec"] and served["items"] == NUM_ITEMS + 1
+
+
+def test_recommend_example_ranks_the_pool_and_the_whole_catalogue(exported):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "recommend_example.py"
+    result = subprocess.run([sys.executable, str(script), str(exported), str(exported.parent / "data")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Speeder's ranking of the candidate pool" in result.stdout
+    for retriever in ("item_cache", "sasrec"):
+        assert f"whole catalogue ({NUM_ITEMS} items; the '{retriever}' retriever's 5 best" in result.stdout
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"hit@1", "catalogue_hit@5_item_cache", "catalogue_hit@5_sasrec"}
