@@ -7,7 +7,8 @@ the tokenizer with `<item>`, `generation_config.json`, the item cache (`item_emb
 `config.json` names `pipeline_speeder.py` as the `"sequential-recommendation"` pipeline (`custom_pipelines`), so
 `transformers.pipeline("sequential-recommendation", model=FOLDER, trust_remote_code=True)` serves the folder; with
 `sasrec_retriever`, a SASRec ID model trained as the data's ID features were ships as `retriever_sasrec.safetensors`
-for `recommend(..., retriever="sasrec")`.
+for `recommend(..., retriever="sasrec")`. `app.py` is a Gradio app of the folder (`python app.py`, the Spaces
+convention), and `item_encoders.json` names the frozen encoders of the item features, so that it can encode new items.
 
 Adapter only: the PEFT adapter (LoRA + the trained item encoder and position table) instead of the model, with the
 tokenizer, the item cache, the card and `speeder_base.json`, the note of the base model the adapter goes on.
@@ -30,7 +31,7 @@ from transformers import AutoTokenizer
 from baselines import train_baseline
 from datasets_builder.build import load_built_dataset
 from datasets_builder.features import read_feature_manifest
-from modeling_speeder import pipeline_speeder
+from modeling_speeder import app_speeder, pipeline_speeder
 from modeling_speeder.modeling_speeder import ITEM_CACHE_FILE, ITEM_TABLE_FILE, SpeederItemCache
 from modeling_speeder.pipeline_speeder import PIPELINE_TASK, SpeederRecommendationPipeline
 from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
@@ -46,6 +47,8 @@ RESULTS = "results.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ENCODE_BATCH = 1024
 PIPELINE_FILE = Path(pipeline_speeder.__file__).name
+APP_FILE = "app.py"  # a copy of modeling_speeder/app_speeder.py
+ITEM_ENCODERS_FILE = app_speeder.ITEM_ENCODERS_FILE
 # config.json's entry for the pipeline, as `Pipeline.save_pretrained` of a registered custom pipeline writes it.
 CUSTOM_PIPELINES = {
     PIPELINE_TASK: {"impl": f"{Path(PIPELINE_FILE).stem}.{SpeederRecommendationPipeline.__name__}", "pt": ["AutoModel"]}
@@ -223,7 +226,9 @@ def export_run(
             merged.config.custom_pipelines = CUSTOM_PIPELINES
             merged.save_pretrained(tmp)
             shutil.copyfile(pipeline_speeder.__file__, tmp / PIPELINE_FILE)
+            shutil.copyfile(app_speeder.__file__, tmp / APP_FILE)
             base = base_model or _backbone_hub_id(args.backbone)
+        _write_json(tmp / ITEM_ENCODERS_FILE, item_encoders(args.data_dir, items, cache.modalities))
         cache.save(tmp)
         if retriever is not None:
             retriever.save(tmp / SASREC_RETRIEVER_FILE)
@@ -270,6 +275,22 @@ def train_sasrec_retriever(data_dir: str | os.PathLike, items, features) -> tupl
         torch.allclose(id_features.float(), result.item_embeddings, atol=1e-5))
     note = {"seed": seed, "options": options, "test_metrics": result.test_metrics, "equals_id_features": same}
     return retriever, note
+
+
+def item_encoders(data_dir: str | os.PathLike, items, modalities: list[str]) -> dict:
+    """Per modality of the item cache, the frozen encoder of its features (from the data's feature manifests; None
+    when a file has none): `{"encoder", "kind", "options", "dim"}`, and for text an `example` of the item texts."""
+    note = {}
+    for modality in modalities:
+        manifest = read_feature_manifest(Path(data_dir) / "features" / f"{modality}.safetensors")
+        key = manifest["key"] if manifest else None
+        note[modality] = None if key is None else {
+            "encoder": key.get("encoder"), "kind": key.get("kind"), "options": key.get("options") or {},
+            "dim": manifest.get("dim"),
+        }
+    if note.get("text") is not None:
+        note["text"]["example"] = next((text for text in items["text"] if text), None)
+    return note
 
 
 def check_export_target(out: Path, sources: dict[str, str | os.PathLike], overwrite: bool):
@@ -378,6 +399,7 @@ def _usage_example(sequences, items, cache: SpeederItemCache, max_history: int) 
 
 
 __all__ = [
-    "CUSTOM_PIPELINES", "EXPORT_INFO", "ITEM_CACHE_FILE", "ITEM_TABLE_FILE", "TrainingRun", "check_export_target",
-    "export_run", "is_run_dir", "read_run", "train_sasrec_retriever",
+    "APP_FILE", "CUSTOM_PIPELINES", "EXPORT_INFO", "ITEM_CACHE_FILE", "ITEM_ENCODERS_FILE", "ITEM_TABLE_FILE",
+    "TrainingRun", "check_export_target", "export_run", "is_run_dir", "item_encoders", "read_run",
+    "train_sasrec_retriever",
 ]
