@@ -1,6 +1,10 @@
 """Per-sample predictions, bootstrap intervals, non-finite scores, and the one-pass evaluation's greedy answer."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +25,7 @@ from trainer.collator import ItemFeatureTable, SpeederCollator
 from trainer.evaluation import evaluate_recommendation
 
 NAN = float("nan")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_pool_with_a_non_finite_score_is_invalid_and_never_a_hit():
@@ -104,3 +109,19 @@ def test_one_pass_evaluation_answers_as_greedy_generation_would():
     assert metrics["vhr@1"] == pytest.approx(hits / len(rows))
     assert metrics["valid_ratio"] == pytest.approx(sum(a >= 0 for a in generated) / len(rows))
     assert all(len(r["scores"]) == 5 and all(math.isfinite(s) for s in r["scores"]) for r in records)
+
+
+def test_compare_runs_pairs_two_runs_on_the_same_pools(tmp_path):
+    samples = [{"sequence_id": s, "pool": p, "candidates": [1, 2], "label": 0} for s in range(30) for p in (0, 1)]
+    for name, answers in (("a", [0] * 60), ("b", [s % 2 for s in range(30) for _ in (0, 1)])):
+        (tmp_path / name / "stage3").mkdir(parents=True)
+        (tmp_path / name / "stage3" / "stage_metrics.json").write_text("{}")
+        write_predictions(tmp_path / name / "stage3" / "stage_metrics.predictions.jsonl",
+                          prediction_rows(samples, answers))
+    out = tmp_path / "comparison.json"
+    result = subprocess.run([sys.executable, "scripts/compare_runs.py", str(tmp_path / "a"), str(tmp_path / "b"),
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    comparison = json.loads(out.read_text())
+    assert comparison["paper"]["a"]["mean"] == 1.0 and comparison["paper"]["b"]["mean"] == 0.5
+    assert comparison["extra"]["a_minus_b"]["mean"] == 0.5 and comparison["extra"]["a_minus_b"]["low"] > 0
