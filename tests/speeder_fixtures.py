@@ -1,6 +1,7 @@
 """Small Speeder models and data sets written in the data builder's output format, for fast tests."""
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -118,6 +119,19 @@ def write_dataset(data_dir: Path, rows: list[dict], features: dict[str, torch.Te
                   str(data_dir / "features" / f"{modality}.safetensors"))
     (data_dir / "stats.json").write_text(json.dumps({"items": num_items, "sequences": len(rows)}))
     return data_dir
+
+
+def chance_bound(num_pools: int, num_candidates: int = 5, alpha: float = 1e-3) -> float:
+    """The HR@1 that a model answering at random reaches with probability below `alpha` on `num_pools` independent
+    pools of `num_candidates`: the smallest k / n with P(Binomial(n, 1 / m) >= k) <= alpha. A learning test asserts
+    HR@1 at or above it, a margin set by the number of pools rather than by one run's figure."""
+    p = 1 / num_candidates
+    tail = 1.0
+    for k in range(num_pools + 1):
+        if tail <= alpha:
+            return k / num_pools
+        tail -= math.comb(num_pools, k) * p**k * (1 - p) ** (num_pools - k)
+    return 1.0
 
 
 def run_isolated(code: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from speeder_fixtures import write_planted_dataset, write_salient_dataset
+from speeder_fixtures import chance_bound, write_planted_dataset, write_salient_dataset
 from safetensors.torch import load_file, save_file
 
 import datasets_builder.features
@@ -162,7 +162,8 @@ def test_training_learns_what_the_item_features_say(tmp_path):
                   "--item_encoder_learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha", "32",
                   "--max_eval_samples", "40",
                   "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
-    assert results["test"]["hr@1"] >= 0.8, results["test"]
+    # 1.0 at one and at two threads; the bar is chance's 1-in-1000 binomial bound on the 40 test pools (0.425)
+    assert results["test"]["hr@1"] >= chance_bound(results["test"]["num_samples"]), results["test"]
 
 
 def test_wo_text_starts_fresh_at_the_first_stage_with_data(tmp_path):
