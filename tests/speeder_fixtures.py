@@ -134,8 +134,9 @@ def chance_bound(num_pools: int, num_candidates: int = 5, alpha: float = 1e-3) -
     return 1.0
 
 
-def run_isolated(code: str) -> str:
-    """Runs `code` in a fresh interpreter that cannot import this repository's packages."""
+def isolated_code(code: str) -> str:
+    """`code` behind a guard that makes this repository's packages unimportable, for `python -c`: what a user who
+    has only an exported folder (not this repository) would run."""
     guard = f"""
 import importlib.abc, sys
 class _Block(importlib.abc.MetaPathFinder):
@@ -145,7 +146,12 @@ class _Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Block())
 sys.path = [p for p in sys.path if p not in ("", ".")]
 """
-    result = subprocess.run([sys.executable, "-c", guard + textwrap.dedent(code)], capture_output=True, text=True,
+    return guard + textwrap.dedent(code)
+
+
+def run_isolated(code: str) -> str:
+    """Runs `code` in a fresh interpreter that cannot import this repository's packages."""
+    result = subprocess.run([sys.executable, "-c", isolated_code(code)], capture_output=True, text=True,
                             cwd="/", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from speeder_fixtures import REPO_PACKAGES, write_planted_dataset
+from speeder_fixtures import isolated_code, write_planted_dataset
 
 from datasets_builder.features import compute_item_features
 from hub_upload.export import APP_FILE, ITEM_ENCODERS_FILE, export_run
@@ -39,17 +39,11 @@ CHROMIUM_FLAGS = [  # Playwright adds --headless and --user-data-dir (a fresh pr
 HISTORY = ["item 1", "item 2", "item 3"]
 NEW_TITLE = "item 3 special edition"
 # `python app.py` in a fresh interpreter that cannot import the repository's packages (the folder alone).
-LAUNCH = f"""
-import importlib.abc, runpy, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {REPO_PACKAGES!r}:
-            raise ImportError("the repository is not importable here: " + name)
-sys.meta_path.insert(0, _Block())
-sys.path = [p for p in sys.path if p not in ("", ".")]
+LAUNCH = isolated_code("""
+import runpy, sys
 sys.argv = ["app.py"]
 runpy.run_path("app.py", run_name="__main__")
-"""
+""")
 
 
 def browser_missing() -> str | None:
