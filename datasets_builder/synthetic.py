@@ -199,3 +199,19 @@ def generate_synthetic_dataset(out_dir: str | os.PathLike, config: SyntheticConf
 
     write_atomically(out_dir, write, ["images", "reviews.jsonl", "metadata.jsonl"], marker="synthetic.json")
     return record
+
+
+def build_vision_check_data(root: str | os.PathLike, num_users: int = 200, num_items: int = 120) -> Path:
+    """The vision check's data set (tests/test_vision_check.py, scripts/vision_gate_sweep.py): target-shape data
+    generated into ROOT/raw, built into ROOT/data (histories of 8, 10 extra pools per valid/test sequence) with real
+    all-MiniLM-L6-v2 text and EfficientNet-Lite0 image features and no ID features. Returns ROOT/data."""
+    from .build import BuildConfig, build_dataset
+    from .features import compute_item_features
+
+    raw, data = Path(root) / "raw", Path(root) / "data"
+    generate_synthetic_dataset(raw, SyntheticConfig(num_users=num_users, num_items=num_items))
+    build_dataset(BuildConfig(format="amazon2018", interactions=str(raw / "reviews.jsonl"),
+                              metadata=str(raw / "metadata.jsonl"), image_dir=str(raw / "images"),
+                              image_pattern="{item_id}.png", max_history=8, extra_pools=10), data)
+    compute_item_features(data, text_encoder="all-MiniLM-L6-v2", vision_encoder="efficientnet-lite0", id_encoder="none")
+    return data

@@ -1,10 +1,13 @@
 """The tanh gate's start and the item encoder's learning rate, measured on the vision check's valid split.
 
-    .venv/bin/python scripts/vision_gate_sweep.py --seeds 1,42,7 --gate-bias-init 0,0.5 \
-        --item-encoder-lr 3e-4,3e-3 --out outputs/vision_gate_sweep --results results/vision_gate_sweep.json
+    .venv/bin/python scripts/vision_gate_sweep.py --seeds 1,42,7 --gate-bias-init 0,0.5 --item-encoder-lr 3e-3 \
+        --results results/vision_gate_sweep.json
+    .venv/bin/python scripts/vision_gate_sweep.py --seeds 1 --gate-bias-init 0,0.5 --item-encoder-lr 3e-4,3e-3 \
+        --results results/vision_encoder_lr_seed1.json
 
-Builds the generated target-shape data of tests/test_vision_check.py once (200 users, 120 items, 10 extra pools per
-valid/test sequence, real MiniLM + EfficientNet-Lite0 features), then trains configs/vision_check.yaml (MPO stages
+(the two commands behind the committed files). Builds the vision check's data once with
+datasets_builder.synthetic.build_vision_check_data (200 users, 120 items, 10 extra pools per valid/test sequence,
+real MiniLM + EfficientNet-Lite0 features), then trains configs/vision_check.yaml (MPO stages
 1-2, tanh gate on vision) for every seed x gate start x encoder learning rate, reusing finished runs. The results
 file holds, per run, valid and test HR@1 on the paper's pool and on the extra pools, and the vision gate's
 openness after stage 2. Choose on valid; test is there to be recomputed, not to pick from.
@@ -14,28 +17,18 @@ import argparse
 import json
 from pathlib import Path
 
-from datasets_builder import (
-    BuildConfig,
-    SyntheticConfig,
-    build_dataset,
-    compute_item_features,
-    generate_synthetic_dataset,
-)
+from datasets_builder.synthetic import build_vision_check_data
 from trainer.run import main as run
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vision_check.yaml"
 
 
 def build_data(root: Path) -> Path:
-    raw, data = root / "raw", root / "data"
-    if not (data / "features" / "vision.safetensors").is_file():
-        generate_synthetic_dataset(raw, SyntheticConfig(num_users=200, num_items=120))
-        build_dataset(BuildConfig(format="amazon2018", interactions=str(raw / "reviews.jsonl"),
-                                  metadata=str(raw / "metadata.jsonl"), image_dir=str(raw / "images"),
-                                  image_pattern="{item_id}.png", max_history=8, extra_pools=10), data)
-        compute_item_features(data, text_encoder="all-MiniLM-L6-v2", vision_encoder="efficientnet-lite0",
-                              id_encoder="none")
-    return data
+    """The vision check's data under ROOT/data, built once and reused by later sweeps."""
+    data = root / "data"
+    if (data / "features" / "vision.safetensors").is_file():
+        return data
+    return build_vision_check_data(root)
 
 
 def figures(results: dict) -> dict:

@@ -11,13 +11,7 @@ from pathlib import Path
 
 from speeder_fixtures import chance_bound
 
-from datasets_builder import (
-    BuildConfig,
-    SyntheticConfig,
-    build_dataset,
-    compute_item_features,
-    generate_synthetic_dataset,
-)
+from datasets_builder.synthetic import build_vision_check_data
 from metrics.predictions import paired_difference, predictions_path, read_predictions, sequence_hits
 from trainer.ablations import main as run_ablations
 from trainer.run import main as run
@@ -27,12 +21,7 @@ SEED = os.environ.get("SPEEDER_TEST_SEED", "42")  # the config's seed; loop over
 
 
 def test_speeder_with_vision_beats_speeder_without(tmp_path):
-    raw, data = tmp_path / "raw", tmp_path / "data"
-    generate_synthetic_dataset(raw, SyntheticConfig(num_users=200, num_items=120))
-    build_dataset(BuildConfig(format="amazon2018", interactions=str(raw / "reviews.jsonl"),
-                              metadata=str(raw / "metadata.jsonl"), image_dir=str(raw / "images"),
-                              image_pattern="{item_id}.png", max_history=8, extra_pools=10), data)
-    compute_item_features(data, text_encoder="all-MiniLM-L6-v2", vision_encoder="efficientnet-lite0", id_encoder="none")
+    data = build_vision_check_data(tmp_path)
     common = ["--config", str(CONFIG), "--data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--seed", SEED]
 
     with_vision = run(common)
