@@ -3,6 +3,7 @@ re-ranking pass), the "sequential-recommendation" pipeline in a fresh process wi
 bad requests get (issue 19 items 1, 4 and 7)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,16 @@ from speeder_fixtures import item_inputs, run_isolated, tiny_model, write_plante
 from transformers import pipeline
 
 from baselines import SASRec, SASRecConfig, pad_histories
+from datasets_builder.build import load_built_dataset
 from datasets_builder.features import compute_item_features
 from hub_upload import __main__ as cli
 from hub_upload.export import CUSTOM_PIPELINES, export_run
 from modeling_speeder import (
     PIPELINE_TASK, SpeederForSequentialRec, SpeederRecommendationPipeline, SpeederSASRecRetriever
 )
-from modeling_speeder.retrieval_speeder import item_cache_scores
+from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, item_cache_scores
+from trainer.full_ranking import list_metrics
+from trainer.full_ranking import main as full_ranking
 from trainer.run import main as train
 
 NUM_ITEMS = 24
@@ -295,3 +299,55 @@ def test_recommend_example_ranks_the_pool_and_the_whole_catalogue(exported):
         assert f"whole catalogue ({NUM_ITEMS} items; the '{retriever}' retriever's 5 best" in result.stdout
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary) == {"hit@1", "catalogue_hit@5_item_cache", "catalogue_hit@5_sasrec"}
+
+
+def test_list_metrics_score_one_relevant_item_by_its_rank():
+    assert list_metrics(["a", "b", "c"], "a", 10) == {"hr@1": 1.0, "recall@10": 1.0, "ndcg@10": 1.0}
+    assert list_metrics(["a", "b", "c"], "c", 10)["ndcg@10"] == pytest.approx(0.5)  # 1 / log2(3 + 1)
+    assert list_metrics(["a", "b", "c"], "c", 2) == {"hr@1": 0.0, "recall@2": 0.0, "ndcg@2": 0.0}
+
+
+def test_full_ranking_compares_sasrec_with_sasrec_then_speeder_on_the_same_lists(exported, tmp_path):
+    """Issue 19 item 3: SASRec's top 10 of the whole catalogue, and the same list with its first K re-ranked by
+    Speeder in one pass; both scored with intervals from the records the JSON keeps."""
+    out = tmp_path / "full_ranking.json"
+    summary = full_ranking(
+        [str(exported), "--data-dir", str(exported.parent / "data"), "--split", "test", "--out", str(out),
+         "--num-candidates", "4", "--top-k", "6"])
+    result = json.loads(out.read_text())
+    records = result["records"]
+    model = SpeederForSequentialRec.from_pretrained(exported).eval()
+    retriever = model.load_sasrec_retriever()
+    data, items, _ = load_built_dataset(exported.parent / "data")
+    item_ids = list(items["item_id"])
+    assert len(records) == len(data["test"]) == result["settings"]["num_sequences"]
+    for row, record in zip(data["test"], records):
+        history = [item_ids[i] for i in row["history"]]
+        scores = retriever.score([history])[0]
+        scores[[retriever.rows[item_id] for item_id in history]] = float("-inf")
+        expected = [retriever.item_ids[i] for i in torch.sort(scores, descending=True, stable=True).indices[:6]]
+        assert record["sasrec"] == expected
+        assert sorted(record["sasrec_speeder"][:4]) == sorted(expected[:4])
+        assert record["sasrec_speeder"][4:] == expected[4:]
+        assert [item_id for item_id, _ in model.recommend(history, expected[:4])] == record["sasrec_speeder"][:4]
+        assert record["target"] == item_ids[row["target"]]
+    for name in ("sasrec", "sasrec_speeder"):
+        for metric in ("hr@1", "recall@6", "ndcg@6"):
+            values = [list_metrics(r[name], r["target"], 6)[metric] for r in records]
+            assert summary[name][metric]["mean"] == pytest.approx(sum(values) / len(values))
+    assert summary["difference"]["recall@6"]["mean"] == 0.0  # re-ranking inside the list keeps its items
+    assert "SASRec → Speeder" in result["table"]
+
+
+def test_full_ranking_names_a_folder_without_sasrec_and_a_pool_too_large(exported, tmp_path):
+    folder = tmp_path / "no-sasrec"
+    shutil.copytree(exported, folder)
+    (folder / SASREC_RETRIEVER_FILE).unlink()
+    data_dir = str(exported.parent / "data")
+    with pytest.raises(ValueError, match="--sasrec-retriever"):
+        full_ranking([str(folder), "--data-dir", data_dir, "--out", str(tmp_path / "x.json")])
+    with pytest.raises(ValueError, match="--num-candidates"):
+        full_ranking([str(exported), "--data-dir", data_dir, "--out", str(tmp_path / "x.json"), "--top-k", "3",
+                      "--num-candidates", "4"])
+    with pytest.raises(FileNotFoundError, match="export a run first"):
+        full_ranking([str(tmp_path / "missing"), "--data-dir", data_dir, "--out", str(tmp_path / "x.json")])
