@@ -1,18 +1,47 @@
-"""The README's commands and snippets are true."""
+"""The README and docs/ are true: the snippet runs, the commands are the ones CI runs, every results file they name
+exists, the README's result figures are those files' figures, and every flag they name is one a command takes."""
 
+import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+DOCS = {path.relative_to(REPO).as_posix(): path.read_text() for path in sorted((REPO / "docs").glob("*.md"))}
+PAGES = {"README.md": README, **DOCS}
+MAIN_COMMAND = "bash scripts/install.sh && bash scripts/demo.sh"
+TEST_COMMAND = "bash scripts/install.sh && .venv/bin/python -m pytest"
+SKIPPED_DIRS = {".git", ".venv", "outputs", "runs", "__pycache__", ".pytest_cache", "speeder.egg-info"}
+
+
+def repository_files(suffixes: set[str]) -> list[Path]:
+    """The repository's own files with these endings (not the virtual environment, run outputs or caches)."""
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        found += [Path(root) / name for name in files if Path(name).suffix in suffixes or name == "run"]
+    return found
 
 
 def snippet(marker: str) -> str:
     match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", README, re.S)
     assert match, f"README has no python block after <!-- {marker} -->"
     return match.group(1)
+
+
+def section(text: str, heading: str) -> str:
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"no '## {heading}' section"
+    return match.group(1)
+
+
+def bash_blocks(text: str) -> list[str]:
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)]
 
 
 def test_usage_snippet_runs(tmp_path):
@@ -23,7 +52,83 @@ def test_usage_snippet_runs(tmp_path):
     assert (tmp_path / "outputs" / "my-speeder" / "modeling_speeder.py").is_file()
 
 
-def test_ci_runs_the_readme_install_and_test_commands():
-    ci = (REPO / ".ci" / "run").read_text()
-    assert "bash scripts/install.sh" in README and "bash scripts/install.sh" in ci
-    assert ".venv/bin/python -m pytest" in README and ".venv/bin/python -m pytest" in ci
+def test_quick_start_gives_the_two_commands_that_ci_runs():
+    assert bash_blocks(section(README, "Quick start")) == [MAIN_COMMAND, TEST_COMMAND]
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert ci_lines[-2:] == TEST_COMMAND.split(" && ")  # install, then the tests, as the last two steps
+
+
+def test_readme_is_a_short_front_door():
+    assert len(README) < 10_000, f"README.md has {len(README)} characters; move details to docs/"
+    headings = re.findall(r"^## (.+)$", README, re.M)
+    for heading in ("Quick start", "Results of the main job", "Using the model", "Layout"):
+        assert heading in headings, f"README.md lost its '## {heading}' section"
+
+
+def test_nothing_points_outside_the_repository():
+    needle = "../" + "shared"
+    offenders = [path.relative_to(REPO).as_posix()
+                 for path in repository_files({".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".cfg", ".txt"})
+                 if needle in path.read_text(errors="replace")]
+    assert not offenders, f"{needle} is named in {offenders}: nothing outside the repository ships with it"
+
+
+def test_every_results_file_and_repository_path_named_exists():
+    missing = []
+    for page, text in PAGES.items():
+        named = set(re.findall(r"\bresults/[\w./-]*[\w/]", text))
+        named |= {m for m in re.findall(r"`([\w-]+/[\w./-]*[\w/])(?::\w+)?`", text)
+                  if m.split("/")[0] in {p.name for p in REPO.iterdir() if p.is_dir()} and m.split("/")[0] != "outputs"}
+        named |= {link for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)}
+        base = REPO if page == "README.md" else REPO / "docs"
+        for path in named:
+            target = (REPO / path) if path.startswith(("results/", "configs/", "scripts/", "tests/")) else base / path
+            if not target.exists() and not (REPO / path).exists():
+                missing.append(f"{page}: {path}")
+    assert not missing, f"named but not in the repository: {missing}"
+    assert any("results/main_job/report/report.md" in text for text in PAGES.values())
+
+
+def report_intervals() -> dict[str, str]:
+    """Model name -> 'VHR@1 [low, high]' on the paper's pool, from the committed report's "Intervals" table."""
+    report = (REPO / "results" / "main_job" / "report" / "report.md").read_text()
+    return dict(re.findall(r"^\| ([^|]+?) \| (-?[\d.]+ \[-?[\d.]+, -?[\d.]+\]) \|", report, re.M))
+
+
+def test_the_readme_results_are_the_committed_files_figures():
+    table = section(README, "Results of the main job")
+    rows = re.findall(r"^\| \**([\w ]+?)\** \| ([^|]+?) \| ([\d.]+) \| `(results/[^`]+\.json)` \|$", table, re.M)
+    assert {name for name, *_ in rows} >= {"Speeder", "SASRec", "BERT4Rec", "Pop", "GRU4Rec"}, rows
+    intervals = report_intervals()
+    for name, paper_pool, extra_pools, source in rows:
+        metrics = json.loads((REPO / source).read_text())
+        metrics = metrics["test"] if "test" in metrics else metrics["test_metrics"]
+        assert paper_pool.startswith(f"{metrics['vhr@1']:.4f} ["), (name, paper_pool, metrics["vhr@1"])
+        assert extra_pools == f"{metrics['extra_pools']['vhr@1']:.4f}", (name, extra_pools)
+        in_report = [value for model, value in intervals.items() if model.startswith(name)]
+        assert in_report == [paper_pool], (name, paper_pool, in_report)
+
+
+@pytest.fixture(scope="module")
+def trainer_flags() -> set[str]:
+    result = subprocess.run([sys.executable, "trainer/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return set(re.findall(r"--\w+", result.stdout))
+
+
+def test_every_flag_named_is_taken_by_a_command(trainer_flags):
+    sources = "\n".join(path.read_text() for path in repository_files({".py", ".sh"}))
+    unknown = []
+    for page, text in PAGES.items():
+        for flag in sorted(set(re.findall(r"(?<![\w-])--[a-z][\w-]*", text))):
+            if flag in ("--config_file", "--help"):  # accelerate's own; every command's
+                continue
+            if "_" in flag:  # trainer/run.py's (HfArgumentParser: SpeederArguments and SFTConfig fields)
+                known = flag in trainer_flags
+            else:  # trainer/run.py's, another command's argparse flag, or a dataclass field's (`synthetic`)
+                known = (flag in trainer_flags or f'"{flag}"' in sources
+                         or re.search(rf"^\s+{flag[2:].replace('-', '_')}: ", sources, re.M))
+            if not known:
+                unknown.append(f"{page}: {flag}")
+    assert not unknown, f"flags no command takes: {unknown}"
