@@ -1,7 +1,6 @@
-"""`python -m baselines DATA_DIR --models pop,sasrec,gru4rec,bert4rec,llara,zero_shot`: run each, print test results.
+"""`python -m baselines DATA_DIR --models pop,sasrec,gru4rec,bert4rec`: train each ID baseline, print test results.
 
-ID models train here; `llara` (title + SASRec token, trained with LoRA) and `zero_shot` (the untuned backbone)
-run on `--backbone`, answer by generating a title, and are scored the paper's way (ValidRatio, HR@1, VHR@1)."""
+The LLM baselines (`llara`, `zero_shot`) run with `python -m trainer.llm_baselines DATA_DIR --models llara,zero_shot`."""
 
 import argparse
 import ast
@@ -37,17 +36,7 @@ def _parse_set(items: list[str]) -> dict:
     return overrides
 
 
-LLM_MODELS = ("llara", "zero_shot")
-
-
-def run_llm_baseline(name: str, args) -> dict:
-    from .llm import train_llara, zero_shot
-
-    common = dict(backbone=args.backbone, max_history=args.max_history, max_eval_samples=args.max_eval_samples)
-    if name == "zero_shot":
-        return zero_shot(args.data_dir, **common)
-    return train_llara(args.data_dir, seed=args.seed, max_train_samples=args.max_train_samples,
-                       prefix_min_history=args.prefix_min_history, num_train_epochs=args.llm_epochs, **common)
+LLM_MODELS = ("llara", "zero_shot")  # moved to `python -m trainer.llm_baselines`
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,28 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         help="a model-specific override (e.g. loss_type=bce, n_layers=1), applied to each listed model that has it",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
-    llm = parser.add_argument_group("LLM baselines (llara, zero_shot)")
-    llm.add_argument("--backbone", default="smollm2-135m-instruct", help="named backbone, folder or Hub id")
-    llm.add_argument("--max-history", type=int, default=10, help="history items in the prompt (default 10)")
-    llm.add_argument("--max-train-samples", type=int, default=None, help="llara: training sequences (default all)")
-    llm.add_argument("--max-eval-samples", type=int, default=None, help="test samples scored (default all)")
-    llm.add_argument("--prefix-min-history", type=int, default=0,
-                     help="llara: also train on history prefixes, as Speeder's --prefix_min_history (default 0: off)")
-    llm.add_argument("--llm-epochs", type=float, default=1.0, help="llara: epochs over its training rows (default 1)")
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in MODELS and n not in LLM_MODELS]
+    moved = [n for n in names if n in LLM_MODELS]
+    if moved:
+        parser.error(f"{','.join(moved)} moved (deprecated here): run `python -m trainer.llm_baselines "
+                     f"{args.data_dir} --models {','.join(moved)}` (same --backbone, --max-history, ... flags).")
+    unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
-        parser.error(f"unknown model(s) {unknown}; valid names: {list(MODELS) + list(LLM_MODELS)}")
-    for name in [n for n in names if n in LLM_MODELS]:
-        report = run_llm_baseline(name, args)
-        metrics = report["test_metrics"]
-        print(f"{name}: test ValidRatio {metrics['valid_ratio']:.4f}, HR@1 {metrics['hr@1']:.4f}, "
-              f"VHR@1 {metrics['vhr@1']:.4f} ({report['wall_time_s']} s)")
-    names = [n for n in names if n in MODELS]
-    if not names:
-        return 0
+        parser.error(f"unknown model(s) {unknown}; valid names: {list(MODELS)}")
     common = {k: getattr(args, k) for k in COMMON_FLAGS if getattr(args, k) is not None}
     extra = _parse_set(args.set)
     for key in extra:

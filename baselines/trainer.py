@@ -2,9 +2,7 @@
 
 import copy
 import dataclasses
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metrics.predictions import predictions_path, write_predictions
+from modeling_speeder.file_utils import write_json_atomically
 
 from .base import SequentialRecommender
 from .bert4rec import BERT4Rec
@@ -125,7 +124,7 @@ def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, outpu
         "test_metrics": test_metrics,
         "history": history,
     }
-    _write_json_atomically(report, output_path)
+    write_json_atomically(output_path, report)
     return BaselineResult(
         name=name,
         model=model,
@@ -168,19 +167,3 @@ def _fit(model, windows, valid, args: BaselineTrainingArguments, seed: int, desc
     model.load_state_dict(best_state)
     model.eval()
     return history, best_epoch
-
-
-def _write_json_atomically(obj: dict, path: Path):
-    """Write to a temporary file in the same folder, then `os.replace`: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

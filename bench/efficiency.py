@@ -8,14 +8,14 @@
 One backbone, one tokenizer, the same samples (real MovieLens-100K user histories and titles from the recbole
 wheel) at every history length n (`--lengths`, default 5, 10, 20, 50, 100), four prompt builders:
 
-* **speeder**: `SpeederPromptBuilder`, the paper's prompt: index + one `<item>` per history item, label + `<item>`
+* **speeder**: `SpeederProcessor` (prompt style `speeder`), the paper's prompt: index + one `<item>` per history item, label + `<item>`
   per candidate; one answer token; the candidates are ranked from the label logits of ONE forward pass
   (`score_candidates`);
-* **speeder_1tok**: the same model and builder with `history_indices=False`: one `<item>` per history item, the
+* **speeder_1tok**: the same model and processor with `history_indices=False`: one `<item>` per history item, the
   order carried by PPL alone;
-* **llara**: `baselines.llara.LlaraPromptBuilder`: each item as its title then one ID-embedding `<item>` token; the
+* **llara**: `SpeederProcessor(prompt_style="llara")`: each item as its title then one ID-embedding `<item>` token; the
   answer is GENERATED as the chosen title (then EOS);
-* **tmf**: `baselines.llara.TmfPromptBuilder`: title then an image and an ID `<item>` token; answer generated.
+* **tmf**: `SpeederProcessor(prompt_style="tmf")`: title then an image and an ID `<item>` token; answer generated.
 
 The baselines run once per title setting (`--title-tokens`, default `real,20`: the real titles, then every title
 cycled / truncated to the paper's ~20 tokens); Speeder's prompts hold no titles. All go through the same
@@ -78,6 +78,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from modeling_speeder import SpeederProcessor
+from modeling_speeder.backbones import build_speeder_model, resolve_backbone
+from modeling_speeder.processing_speeder import distinct_rows
+from modeling_speeder.prompt_speeder import CANDIDATE_ITEM_TEMPLATE
 
 METHODS = ("speeder", "speeder_1tok", "llara", "tmf")
 SPEEDER_METHODS = ("speeder", "speeder_1tok")
@@ -158,8 +163,6 @@ def make_samples(sequences, num_items: int, n: int, m: int, count: int, seed: in
 def speeder_item_tokens(builder, n: int, m: int) -> int:
     """Tokens of Speeder's item segments ("1<item>" or "<item>", " A<item>", ...), each tokenized alone as the
     builder writes it: index text (if any) + placeholder (+ any space token the tokenizer keeps before `<item>`)."""
-    from modeling_speeder.prompt_speeder import CANDIDATE_ITEM_TEMPLATE
-
     def count(text):
         return len(builder.tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -184,6 +187,7 @@ def encode_sample(method: str, builder, sample: dict, titles: list[str]) -> dict
         modalities = list(prompt.item_modalities)
         non_item = prompt_length - sum(prompt.title_token_counts) - prompt.num_items
     return {
+        "prompt": prompt,
         "input_ids": list(prompt.input_ids),
         "prompt_length": prompt_length,
         "answer_length": len(prompt.input_ids) - prompt_length,
@@ -209,23 +213,14 @@ def variant_name(method: str, titles) -> str:
     return f"{METHOD_NAMES[method]} ({'real titles' if titles == REAL_TITLES else f'{titles}-token titles'})"
 
 
-def collate(records: list[dict], pad_id: int, with_answer: bool, padding_side: str, torch):
-    """Padded `input_ids`, `attention_mask`, `labels` (answer tokens only) and flat placeholder-order item lists."""
-    seqs = [r["input_ids"] if with_answer else r["input_ids"][: r["prompt_length"]] for r in records]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, -100)
-    for row, (r, s) in enumerate(zip(records, seqs)):
-        start = width - len(s) if padding_side == "left" else 0
-        input_ids[row, start:start + len(s)] = torch.tensor(s)
-        attention_mask[row, start:start + len(s)] = 1
-        if with_answer:
-            labels[row, start + r["prompt_length"]:start + len(s)] = torch.tensor(s[r["prompt_length"]:])
+def collate(records: list[dict], processor, with_answer: bool, padding_side: str, torch):
+    """The processor's padded `input_ids`, `attention_mask`, `labels` (answer tokens only; None without the answer)
+    and flat placeholder-order item lists."""
+    batch = processor.pad([r["prompt"] for r in records], padding_side, with_answer)
     item_ids = [i for r in records for i in r["item_ids"]]
     modalities = [mod for r in records for mod in r["modalities"]]
     positions = torch.tensor([p for r in records for p in r["history_positions"]], dtype=torch.long)
-    return input_ids, attention_mask, labels, item_ids, modalities, positions
+    return batch["input_ids"], batch["attention_mask"], batch.get("labels"), item_ids, modalities, positions
 
 
 # --------------------------------------------------------------------------------------------------- measurement
@@ -317,10 +312,6 @@ def run_all(args, log=print) -> dict:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from baselines.llara import LlaraPromptBuilder, TmfPromptBuilder
-    from modeling_speeder import SpeederPromptBuilder
-    from modeling_speeder.backbones import build_speeder_model
-
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)  # peft's `is_gradient_checkpointing` deprecation
     if args.threads:
@@ -334,16 +325,18 @@ def run_all(args, log=print) -> dict:
     model.to(device).eval()
     d = model.config.hidden_size
     variants = prompt_variants(args.methods, args.title_tokens)
-    builders = {}
+    processors = {}
     for method, setting in variants:
         if method == "speeder":  # the config's default: the paper's prompt
-            builders[method, setting] = model.prompt_builder(tokenizer)
+            processors[method, setting] = SpeederProcessor.from_model_config(model.config, tokenizer)
         elif method == "speeder_1tok":  # the same model, one token per history item
-            builders[method, setting] = SpeederPromptBuilder(tokenizer, model.config.candidate_labels,
-                                                             history_indices=False)
+            processors[method, setting] = SpeederProcessor.from_model_config(model.config, tokenizer,
+                                                                             history_indices=False)
         else:
-            kind = TmfPromptBuilder if method == "tmf" else LlaraPromptBuilder
-            builders[method, setting] = kind(tokenizer, title_tokens=None if setting == REAL_TITLES else setting)
+            processors[method, setting] = SpeederProcessor(
+                tokenizer, max_history_length=max(args.lengths), prompt_style=method,
+                title_tokens=None if setting == REAL_TITLES else setting)
+    builders = {variant: processor.prompt_builder for variant, processor in processors.items()}
     pad_id = tokenizer.pad_token_id
     item_token_id = model.config.item_token_id
 
@@ -367,11 +360,12 @@ def run_all(args, log=print) -> dict:
     encoding = {"items": num_items, "encode_items_s": seconds, "encode_items_ms_per_item": 1e3 * seconds / num_items}
 
     def item_inputs(method, item_ids, modalities, positions, train: bool) -> dict:
-        ids = torch.tensor(item_ids, device=device)
         if method in SPEEDER_METHODS and train:  # the MRC item encoder runs (and trains) inside Speeder's step
+            distinct, item_rows = distinct_rows(item_ids)  # each distinct item encoded once
+            ids = torch.tensor(distinct, device=device)
             return {**{f"{m}_features": f[ids] for m, f in features.items()},
-                    "modality_mask": torch.ones(len(item_ids), 3, dtype=torch.bool, device=device),
-                    "history_positions": positions.to(device)}
+                    "modality_mask": torch.ones(len(distinct), 3, dtype=torch.bool, device=device),
+                    "item_rows": item_rows.to(device), "history_positions": positions.to(device)}
         rows = torch.stack([tables[mod][i] for mod, i in zip(modalities, item_ids)])
         return {"item_embeddings": rows, "history_positions": positions.to(device)}
 
@@ -429,7 +423,7 @@ def run_all(args, log=print) -> dict:
             for i in range(0, len(recs), args.infer_batch_size):
                 batch = recs[i:i + args.infer_batch_size]
                 input_ids, attention_mask, _, item_ids, modalities, positions = collate(
-                    batch, pad_id, with_answer=False, padding_side="left", torch=torch)
+                    batch, processors[variant], with_answer=False, padding_side="left", torch=torch)
                 prepared[variant].append((variant, batch, input_ids.to(device), attention_mask.to(device),
                                           item_inputs(variant[0], item_ids, modalities, positions, train=False)))
             memory.start()
@@ -476,7 +470,7 @@ def run_all(args, log=print) -> dict:
         for variant in variants:
             recs = records[(*variant, n)][: args.batch_size]
             input_ids, attention_mask, labels, item_ids, modalities, positions = collate(
-                recs, pad_id, with_answer=True, padding_side="right", torch=torch)
+                recs, processors[variant], with_answer=True, padding_side="right", torch=torch)
             batches[variant] = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
                                 "labels": labels.to(device),
                                 **item_inputs(variant[0], item_ids, modalities, positions, train=True)}
@@ -819,8 +813,6 @@ def main(argv=None) -> dict:
         result = run_all(args, log=lambda s: print(s, flush=True))
         Path(args.worker_out).write_text(json.dumps(result))
         return result
-
-    from modeling_speeder.backbones import resolve_backbone
 
     started = time.perf_counter()
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -1,6 +1,8 @@
 """Raw interaction logs to Speeder's sequences, candidate pools, PPT samples and cached item features."""
 
-from .build import MODALITIES, BuildConfig, build_dataset, load_built_dataset, movielens_config
+from modeling_speeder.configuration_speeder import MODALITIES
+
+from .build import BuildConfig, build_dataset, load_built_dataset, movielens_config
 from .readers import FORMATS, read_interactions, read_item_metadata
 from .synthetic import SyntheticConfig, generate_synthetic_dataset
 

@@ -14,6 +14,8 @@ import json
 import logging
 import sys
 
+import yaml
+
 from .build import DEFAULT_ENCODERS, BuildConfig, build_dataset, movielens_config
 from .readers import FORMATS
 from .synthetic import SyntheticConfig, generate_synthetic_dataset
@@ -67,8 +69,12 @@ def _add_sequencing_args(parser: argparse.ArgumentParser):
                             "(default 86400)")
     group.add_argument("--min-sequence-length", metavar="N", type=_int_at_least(2, "; a target needs a history"),
                        default=9, help="sequence filter, applied once (default 9)")
-    group.add_argument("--max-history", metavar="N", type=_int_at_least(1), default=50,
-                       help="stored history keeps the most recent items (default 50)")
+    group.add_argument("--max-history", metavar="N", type=_int_at_least(1), default=None,
+                       help="stored history keeps the most recent items (default: --config's max_history, else "
+                            f"{BuildConfig.max_history})")
+    group.add_argument("--config", metavar="YAML", default=None,
+                       help="the trainer config (configs/*.yaml) the data is built for: its max_history is the stored "
+                            "history length, so the data and the model read the same number of items")
     group.add_argument("--num-candidates", metavar="M", default=5, help="candidate pool size m (default 5)",
                        type=_int_at_least(2, "; the target plus at least one negative"))
     group.add_argument("--extra-pools", metavar="K", type=_int_at_least(0, "; 0 stores only the paper's one pool"),
@@ -122,10 +128,26 @@ def _feature_kwargs(args) -> dict:
     }
 
 
+def config_max_history(path: str) -> int:
+    """The `max_history` of a trainer config YAML; raises FileNotFoundError / ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file (a trainer config such as configs/demo.yaml).") from None
+    value = config.get("max_history") if isinstance(config, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"--config {path}: max_history must be an integer >= 1, got {value!r}.")
+    return value
+
+
 def _sequencing_kwargs(args) -> dict:
-    names = ("min_item_interactions", "session_gap", "min_sequence_length", "max_history", "num_candidates",
-             "extra_pools", "augment_prefixes", "seed")
-    return {name: getattr(args, name) for name in names}
+    names = ("min_item_interactions", "session_gap", "min_sequence_length", "num_candidates", "extra_pools",
+             "augment_prefixes", "seed")
+    max_history = args.max_history
+    if max_history is None:
+        max_history = config_max_history(args.config) if args.config else BuildConfig.max_history
+    return {name: getattr(args, name) for name in names} | {"max_history": max_history}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
 from tqdm.auto import tqdm
 
+from modeling_speeder.configuration_speeder import SpeederConfig
+
 from .readers import (
     FORMATS,
     compose_item_text,
@@ -52,7 +54,6 @@ from .sequencing import (
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("text", "vision", "id")
 DEFAULT_ENCODERS = {"text": "all-MiniLM-L6-v2", "vision": "efficientnet-lite0", "id": "sasrec"}
 BUILD_OUTPUTS = ("items", "sequences", "image_urls.tsv")  # what a build writes into DATA_DIR, besides BUILD_MARKER
 BUILD_MARKER = "stats.json"
@@ -126,7 +127,7 @@ class BuildConfig:
     min_item_interactions: int = 8
     session_gap: float | None = 86400.0
     min_sequence_length: int = 9
-    max_history: int = 50
+    max_history: int = SpeederConfig.max_history_length  # the model's position table: one source
     num_candidates: int = 5
     extra_pools: int = 10
     augment_prefixes: bool = False

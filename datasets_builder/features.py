@@ -30,7 +30,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .build import DEFAULT_ENCODERS, MODALITIES, load_built_dataset
+import baselines  # this repository's ID baselines: SASRec is the ID encoder E_s
+from modeling_speeder.configuration_speeder import MODALITIES
+from modeling_speeder.file_utils import replace_atomically
+
+from .build import DEFAULT_ENCODERS, load_built_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -319,21 +322,6 @@ def _stored_manifest(path: Path) -> dict | None:
         return None
 
 
-def _replace_atomically(target: Path, write: Callable[[str], None]):
-    """`write(tmp)` to a temporary file next to `target`, then rename it onto `target` (mode 0666 less the umask, not
-    mkstemp's private 0600)."""
-    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
-    os.close(handle)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _save_features(directory: Path, modality: str, features: torch.Tensor, present: torch.Tensor, manifest: dict):
     """Write `{modality}.safetensors` (its header carries the manifest a rerun checks), then the `.json` copy.
 
@@ -352,11 +340,11 @@ def _save_features(directory: Path, modality: str, features: torch.Tensor, prese
     json_path = directory / f"{modality}.json"
     json_path.unlink(missing_ok=True)
     tensors = {"features": features.contiguous(), "present": present.contiguous()}
-    _replace_atomically(
+    replace_atomically(
         directory / f"{modality}.safetensors",
         lambda tmp: save_file(tensors, tmp, metadata={"manifest": json.dumps(manifest)}),
     )
-    _replace_atomically(json_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    replace_atomically(json_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
 
 
 def _encode_text(encoder: Callable, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -398,18 +386,6 @@ def _encode_images(encoder: Callable, paths: list[str], batch_size: int) -> tupl
     return features, present, counts
 
 
-def _import_baselines():
-    try:
-        import baselines  # this repository's ID baselines (SASRec is the ID encoder E_s)
-        from baselines import train_baseline  # noqa: F401
-    except (ImportError, AttributeError) as error:
-        raise ImportError(
-            f"--id-encoder sasrec needs this repository's `baselines` package with `train_baseline` ({error}); run "
-            "from the repository root (or install it), or pass --id-encoder none to skip the ID features."
-        ) from error
-    return baselines
-
-
 def _sasrec_revision(baselines) -> str:
     """Hash of the code SASRec's training runs: the module of `train_baseline`, the modules of the functions it
     imports (data, evaluation) and of SASRec's class hierarchy; edits to other baselines do not count."""
@@ -423,7 +399,7 @@ def _sasrec_revision(baselines) -> str:
 
 
 def _id_features(data_dir: Path, sequences, num_items: int, seed: int, kwargs: dict) -> tuple:
-    result = _import_baselines().train_baseline("sasrec", str(data_dir), seed=seed, **kwargs)
+    result = baselines.train_baseline("sasrec", str(data_dir), seed=seed, **kwargs)
     features = torch.as_tensor(result.item_embeddings).detach().float().cpu()
     if tuple(features.shape[:1]) != (num_items,) or features.dim() != 2:
         raise ValueError(f"SASRec returned item embeddings of shape {tuple(features.shape)} for {num_items} items.")
@@ -514,7 +490,7 @@ def compute_item_features(
             data = list(items["image_path"])
             skipped = None if any(data) else "no item has an image; build with --image-dir"
         else:
-            resolved["revision"] = _sasrec_revision(_import_baselines())
+            resolved["revision"] = _sasrec_revision(baselines)
             options = {"seed": seed, **(id_encoder_kwargs or {})}
         if skipped is not None:
             report[modality] = f"not computed ({skipped})" + _remove_stale(path, modality, items, stats)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeling_speeder.prompt_speeder import PPT_ANSWERS
+
 SPLIT_NAMES = ("train", "valid", "test")
 POOL_SPLIT_NAMES = ("valid_pools", "test_pools")  # extra seeded pools of the valid / test sequences
 SPLIT_RATIOS = (0.7, 0.2, 0.1)
-PPT_ANSWERS = ("yes", "no")
 
 
 @dataclass

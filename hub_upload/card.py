@@ -192,9 +192,10 @@ model = PeftModel.from_pretrained(base, "{model_id}").eval()
 model.load_item_cache("{model_id}")"""
         tokenizer = ", tokenizer=tokenizer"
     else:
-        load = f"""from transformers import AutoModel, pipeline
+        load = f"""from transformers import AutoModel, AutoProcessor, pipeline
 
-model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True)"""
+model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{model_id}", trust_remote_code=True).with_items(model.item_cache)"""
         tokenizer = ""
     catalogue = "" if info["format"] == "adapter" else _catalogue_usage(info)
     return f"""## Usage
@@ -207,7 +208,7 @@ import torch
 history = {example['history']!r}
 candidates = {example['candidates']!r}
 {catalogue}print(model.recommend(history, candidates, top_k=3{tokenizer}))  # [(item_id, score), ...], best first
-
+{_processor_usage(info)}
 # A new item, encoded from its features (from the same feature encoders as the training data), is ranked at once:
 model.add_items(["new-item"], titles=["A new item"],
                 {modality}_features=torch.randn(1, model.config.{modality}_feature_size))
@@ -217,6 +218,16 @@ print(model.recommend(history, ["new-item"] + candidates[:4]{tokenizer}))
 `recommend` runs one forward pass; unknown item ids raise a `ValueError` naming them; a history longer than
 {args.max_history} items keeps the most recent ones. `model.save_pretrained(folder)` writes the item cache with the
 new items.
+"""
+
+
+def _processor_usage(info: dict) -> str:
+    """The snippet lines that build the model inputs `recommend` scores with the folder's processor."""
+    if info["format"] == "adapter":
+        return ""
+    return """# The inputs recommend scores: prompt token ids, positions, the distinct items' cached embeddings
+inputs = processor(histories=[history], candidates=[candidates])
+print(model.score_candidates(**inputs, num_candidates=len(candidates)))  # (1, len(candidates)) logits
 """
 
 

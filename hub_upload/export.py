@@ -1,8 +1,9 @@
 """A training run → a self-sufficient Hub model folder, written atomically.
 
 Merged (default): `config.json` with `auto_map`, `model.safetensors` (LoRA merged), the remote-code files
-(`configuration_speeder.py`, `modeling_speeder.py`, `prompt_speeder.py`: the prompt template travels with the model),
-the tokenizer with `<item>`, `generation_config.json`, the item cache (`item_embeddings.safetensors` +
+(`configuration_speeder.py`, `modeling_speeder.py`, `processing_speeder.py`, `prompt_speeder.py`: the prompt template
+travels with the model), the processor (`processor_config.json`, `AutoProcessor` with remote code) with the tokenizer
+with `<item>`, `generation_config.json`, the item cache (`item_embeddings.safetensors` +
 `item_table.jsonl`), the model card `README.md`, the training curves and `speeder_export.json` (what was exported).
 `config.json` names `pipeline_speeder.py` as the `"sequential-recommendation"` pipeline (`custom_pipelines`), so
 `transformers.pipeline("sequential-recommendation", model=FOLDER, trust_remote_code=True)` serves the folder; with
@@ -11,7 +12,7 @@ for `recommend(..., retriever="sasrec")`. `app.py` is a Gradio app of the folder
 convention), and `item_encoders.json` names the frozen encoders of the item features, so that it can encode new items.
 
 Adapter only: the PEFT adapter (LoRA + the trained item encoder and position table) instead of the model, with the
-tokenizer, the item cache, the card and `speeder_base.json`, the note of the base model the adapter goes on.
+processor and tokenizer, the item cache, the card and `speeder_base.json`, the note of the base model the adapter goes on.
 
 The target is never the run folder or the data folder, nor inside or above either; `overwrite` replaces only an
 earlier export (a folder with `speeder_export.json`). Exported files get the modes of a plain write (0666 / 0777 less
@@ -31,12 +32,15 @@ from transformers import AutoTokenizer
 from baselines import train_baseline
 from datasets_builder.build import load_built_dataset
 from datasets_builder.features import read_feature_manifest
-from modeling_speeder import app_speeder, pipeline_speeder
+from modeling_speeder import SpeederProcessor, app_speeder, pipeline_speeder
 from modeling_speeder.modeling_speeder import ITEM_CACHE_FILE, ITEM_TABLE_FILE, SpeederItemCache
 from modeling_speeder.pipeline_speeder import PIPELINE_TASK, SpeederRecommendationPipeline
 from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
 from trainer.arguments import SpeederArguments
-from trainer.pipeline import RUN_CONFIG, STAGE_DONE, build_model, load_features, stage_modalities
+from trainer.curriculum import stage_modalities
+from trainer.training_data import load_features
+from trainer.model_building import build_model
+from trainer.run_folder import RUN_CONFIG, STAGE_DONE
 from trainer.stages import STAGES
 
 from .card import model_card
@@ -232,7 +236,7 @@ def export_run(
         cache.save(tmp)
         if retriever is not None:
             retriever.save(tmp / SASREC_RETRIEVER_FILE)
-        tokenizer.save_pretrained(tmp)
+        SpeederProcessor.from_model_config(config, tokenizer).save_pretrained(tmp)  # with the tokenizer
         _check_tokenizer(tmp, config.item_token_id)
         curves = _copy_training_curves(run, tmp)
         info = {

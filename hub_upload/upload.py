@@ -14,6 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, constants, get_token
 
+from datasets_builder.build import load_built_dataset
+
 from .export import EXPORT_INFO, export_run, is_run_dir
 
 
@@ -120,8 +122,6 @@ def push(
                         "is an exported folder: export it again with these options.")
     if dataset_dir is not None:
         dataset_repo_id = dataset_repo_id or f"{repo_id}-data"
-        from datasets_builder.build import load_built_dataset
-
         sequences, items, _ = load_built_dataset(dataset_dir)
     token = None if dry_run else require_token()  # before any export work, and before anything is sent
     with staged_folder(source, repo_id, dataset_repo_id, export_options) as folder:

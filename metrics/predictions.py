@@ -13,11 +13,12 @@ its mean hit over the pools kept, and a paired comparison resamples the same seq
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from modeling_speeder.file_utils import write_text_atomically
 
 PREDICTION_FIELDS = ("sequence_id", "pool", "candidates", "label", "scores", "answer")
 PAPER_POOL = 0
@@ -59,19 +60,8 @@ def prediction_rows(samples, answers: list[int], scores: list[list[float]] | Non
 
 def write_predictions(path: str | os.PathLike, records: list[dict]) -> Path:
     """Writes `records` as JSON lines, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            for record in records:
-                handle.write(json.dumps({k: record[k] for k in PREDICTION_FIELDS}) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    lines = "".join(json.dumps({k: record[k] for k in PREDICTION_FIELDS}) + "\n" for record in records)
+    return write_text_atomically(path, lines)
 
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:

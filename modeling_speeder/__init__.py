@@ -1,6 +1,6 @@
 """Speeder's Hugging Face model: config, item encoder, the item-token splice, and backbone loading."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_speeder import GATE_TYPES, MODALITIES, SpeederConfig
@@ -14,13 +14,24 @@ from .modeling_speeder import (
     SpeederPreTrainedModel,
 )
 from .pipeline_speeder import PIPELINE_TASK, SpeederRecommendationPipeline
-from .prompt_speeder import ITEM_TOKEN, SpeederPrompt, SpeederPromptBuilder
+from .processing_speeder import IGNORE_INDEX, PROMPT_STYLES, ItemFeatureTable, SpeederProcessor
+from .prompt_speeder import (
+    ITEM_TOKEN,
+    LlaraPrompt,
+    LlaraPromptBuilder,
+    SpeederPrompt,
+    SpeederPromptBuilder,
+    TitlePromptBuilder,
+    TmfPromptBuilder,
+)
 from .retrieval_speeder import RETRIEVERS, SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
 
-# save_pretrained copies configuration_speeder.py, modeling_speeder.py and the files it imports (prompt_speeder.py,
-# retrieval_speeder.py) next to the weights.
+# save_pretrained copies configuration_speeder.py, modeling_speeder.py and the files it imports (processing_speeder.py,
+# prompt_speeder.py, retrieval_speeder.py) next to the weights.
 SpeederConfig.register_for_auto_class()
 SpeederForSequentialRec.register_for_auto_class("AutoModel")
+SpeederProcessor.register_for_auto_class("AutoProcessor")
+AutoProcessor.register(SpeederConfig, SpeederProcessor, exist_ok=True)
 AutoConfig.register("speeder", SpeederConfig, exist_ok=True)
 AutoModel.register(SpeederConfig, SpeederForSequentialRec, exist_ok=True)
 AutoModelForCausalLM.register(SpeederConfig, SpeederForSequentialRec, exist_ok=True)
@@ -29,11 +40,16 @@ PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=SpeederRecomme
 
 __all__ = [
     "GATE_TYPES",
+    "IGNORE_INDEX",
     "ITEM_CACHE_FILE",
     "ITEM_TABLE_FILE",
     "ITEM_TOKEN",
+    "ItemFeatureTable",
+    "LlaraPrompt",
+    "LlaraPromptBuilder",
     "MODALITIES",
     "PIPELINE_TASK",
+    "PROMPT_STYLES",
     "RETRIEVERS",
     "SASREC_RETRIEVER_FILE",
     "SpeederConfig",
@@ -42,8 +58,11 @@ __all__ = [
     "SpeederItemEncoder",
     "SpeederModel",
     "SpeederPreTrainedModel",
+    "SpeederProcessor",
     "SpeederPrompt",
     "SpeederPromptBuilder",
     "SpeederRecommendationPipeline",
     "SpeederSASRecRetriever",
+    "TitlePromptBuilder",
+    "TmfPromptBuilder",
 ]

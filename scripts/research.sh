@@ -11,6 +11,7 @@
 # VISION_CHECK_STEPS may be overridden (tests/test_research.py runs a tiny version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the repository's packages (only modeling_speeder is installed)
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 CONFIG=${CONFIG:-configs/demo.yaml}
@@ -21,14 +22,12 @@ SPLIT_SEEDS=${SPLIT_SEEDS:-42,7}
 ABLATIONS=${ABLATIONS:-none}
 LLARA=${LLARA:-true}
 [ -x "$PY" ] || { echo "No .venv here: run 'bash scripts/install.sh' first." >&2; exit 1; }
-MAX_HISTORY=$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['max_history'])" "$CONFIG")
-BACKBONE=$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['backbone'])" "$CONFIG")
 
 DATA_DIRS=()
 for split_seed in ${SPLIT_SEEDS//,/ }; do
     data=$OUT/data/ml-100k-split$split_seed
     echo "== data: MovieLens-100K, split seed $split_seed -> $data"
-    "$PY" -m datasets_builder movielens --out "$data" --max-history "$MAX_HISTORY" --seed "$split_seed" \
+    "$PY" -m datasets_builder movielens --out "$data" --config "$CONFIG" --seed "$split_seed" \
         --id-encoder-arg epochs="${SASREC_EPOCHS:-40}" --id-encoder-arg patience=5
     DATA_DIRS+=("$data")
 done
@@ -39,8 +38,8 @@ echo "== Speeder and the baselines: splits ${SPLIT_SEEDS}, seeds ${SEEDS}, ablat
     --baseline_epochs "${BASELINE_EPOCHS:-80}"
 
 echo "== the untuned backbone, zero-shot, on split ${DATA_DIRS[0]}"
-[ -f "${DATA_DIRS[0]}/baselines/zero_shot.json" ] || "$PY" -m baselines "${DATA_DIRS[0]}" --models zero_shot \
-    --backbone "$BACKBONE" --max-history "$MAX_HISTORY" --no-progress
+[ -f "${DATA_DIRS[0]}/baselines/zero_shot.json" ] || "$PY" -m trainer.llm_baselines "${DATA_DIRS[0]}" --models zero_shot \
+    --config "$CONFIG"
 mkdir -p "$RESULTS/zero_shot"
 cp "${DATA_DIRS[0]}"/baselines/zero_shot*.json* "$RESULTS/zero_shot/"
 

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import sys
 import types
 from pathlib import Path
 
@@ -252,7 +251,7 @@ def test_encoder_none_removes_features_computed_from_other_data(ds_features_data
     def train_baseline(name, data_dir, seed, **overrides):
         return types.SimpleNamespace(item_embeddings=torch.ones(len(items), 3), test_metrics={})
 
-    monkeypatch.setitem(sys.modules, "baselines", types.SimpleNamespace(train_baseline=train_baseline))
+    monkeypatch.setattr(datasets_builder.features, "baselines", types.SimpleNamespace(train_baseline=train_baseline))
     compute_item_features(data, **{**NO_ENCODERS, "text_encoder": str(tmp_path / "st"), "id_encoder": "sasrec"})
     none = ["features", str(data), "--text-encoder", "none", "--vision-encoder", "none", "--id-encoder", "none"]
     assert main(none) == 0  # computed from this very data: kept
@@ -281,7 +280,7 @@ def test_id_features_from_baselines_sasrec(ds_features_data, monkeypatch):
         return types.SimpleNamespace(item_embeddings=embeddings, test_metrics={"hr@1": 0.5})
 
     fake = types.SimpleNamespace(train_baseline=train_baseline, __version__="t")
-    monkeypatch.setitem(sys.modules, "baselines", fake)
+    monkeypatch.setattr(datasets_builder.features, "baselines", fake)
     kwargs = {**NO_ENCODERS, "id_encoder": "sasrec", "seed": 3, "id_encoder_kwargs": {"epochs": 2}}
     assert compute_item_features(data, **kwargs)["id"].startswith("computed")
     assert calls == [("sasrec", str(data), 3, {"epochs": 2})]

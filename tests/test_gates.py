@@ -7,7 +7,7 @@ import torch
 from speeder_fixtures import item_inputs, tiny_model
 
 from trainer.collator import ItemFeatureTable
-from trainer.pipeline import gate_openness
+from trainer.model_building import gate_openness
 
 
 def _openness(model, inputs):

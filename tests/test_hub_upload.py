@@ -18,9 +18,9 @@ from datasets_builder.build import load_built_dataset
 from hub_upload import __main__ as cli
 from hub_upload import card, upload
 from hub_upload.export import read_run
-from modeling_speeder import SpeederForSequentialRec
-from trainer.collator import SpeederCollator
-from trainer.pipeline import build_model, load_features
+from modeling_speeder import SpeederForSequentialRec, SpeederProcessor
+from trainer.training_data import load_features
+from trainer.model_building import build_model
 from trainer.run import main as train
 
 REPO_ID = "speeder-tests/planted"
@@ -64,8 +64,8 @@ def trained_model(run_dir: Path, stage: int):
     features = load_features(args.data_dir, args)
     model, tokenizer = build_model(args, features, run.config["seed"], run.adapter_dir)
     speeder = model.get_base_model().eval()
-    collator = SpeederCollator(speeder.prompt_builder(tokenizer), features, run.stage_metrics["modalities"],
-                               args.max_history, with_answer=False)
+    collator = SpeederProcessor.from_model_config(speeder.config, tokenizer).with_items(
+        features, run.stage_metrics["modalities"], with_answer=False)
     sequences, items, _ = load_built_dataset(args.data_dir)
     return model.eval(), collator, sequences, items
 

@@ -6,14 +6,16 @@ import pytest
 
 from speeder_fixtures import write_planted_dataset
 
-from baselines.llm import LlaraCollator, TitlePromptBuilder, train_llara, zero_shot
+from modeling_speeder import ItemFeatureTable, LlaraPromptBuilder, SpeederProcessor
 from modeling_speeder.backbones import build_speeder_model
+from trainer.llm_baselines import main, train_llara, zero_shot
 
 
 def test_title_prompts_carry_no_item_tokens_and_answer_with_a_title():
     _, tokenizer = build_speeder_model("tiny")
-    builder = TitlePromptBuilder(tokenizer)
-    collator = LlaraCollator(builder, [f"item {i}" for i in range(10)], max_history=3)
+    processor = SpeederProcessor(tokenizer, max_history_length=3, prompt_style="titles")
+    builder = processor.prompt_builder
+    collator = processor.with_items(None, titles=[f"item {i}" for i in range(10)])
     batch = collator([{"history": [1, 2, 3, 4], "candidates": [5, 6, 7], "label": 1}])
     assert builder.item_token_id not in batch["input_ids"][0].tolist()
     answer = batch["labels"][batch["labels"] != -100].tolist()
@@ -34,10 +36,13 @@ def test_llara_and_zero_shot_write_paper_metrics(tmp_path):
         assert metrics["vhr@1"] == pytest.approx(metrics["valid_ratio"] * metrics["hr@1"])
 
 
-def test_llm_baselines_are_flags_of_the_baselines_command(tmp_path):
-    from baselines.__main__ import main
+def test_llm_baselines_have_their_command_and_the_baselines_command_names_it(tmp_path, capsys):
+    from baselines.__main__ import main as id_baselines_main
 
     data_dir = write_planted_dataset(tmp_path / "data", num_sequences=20, modalities=("text", "id"))
+    with pytest.raises(SystemExit):
+        id_baselines_main([str(data_dir), "--models", "zero_shot"])
+    assert "python -m trainer.llm_baselines" in capsys.readouterr().err
     assert main([str(data_dir), "--models", "zero_shot", "--backbone", "tiny", "--max-history", "4",
                  "--max-eval-samples", "2"]) == 0
     assert json.loads((data_dir / "baselines" / "zero_shot.json").read_text())["test_metrics"]["num_samples"] == 2
@@ -46,14 +51,13 @@ def test_llm_baselines_are_flags_of_the_baselines_command(tmp_path):
 def test_llara_gives_every_item_its_sasrec_row_even_one_unseen_in_training():
     import torch
 
-    from baselines.llara import LlaraPromptBuilder
-    from trainer.collator import ItemFeatureTable
-
     _, tokenizer = build_speeder_model("tiny")
     present = torch.ones(10, dtype=torch.bool)
     present[6] = False  # never in the train split: SASRec did not train its row
     features = ItemFeatureTable({"id": torch.randn(10, 8)}, {"id": present})
-    collator = LlaraCollator(LlaraPromptBuilder(tokenizer), [f"item {i}" for i in range(10)], features, max_history=3)
+    processor = SpeederProcessor(tokenizer, max_history_length=3, prompt_style="llara")
+    assert isinstance(processor.prompt_builder, LlaraPromptBuilder)
+    collator = processor.with_items(features, ("id",), titles=[f"item {i}" for i in range(10)])
     batch = collator([{"history": [1, 2, 3], "candidates": [5, 6, 7], "label": 1}])
     assert batch["modality_mask"][:, 2].all() and not batch["modality_mask"][:, :2].any()
-    assert torch.equal(batch["id_features"][4], features.features["id"][6])
+    assert torch.equal(batch["id_features"][batch["item_rows"][4]], features.features["id"][6])

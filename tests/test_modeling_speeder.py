@@ -9,9 +9,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from speeder_fixtures import TINY_MODEL_KWARGS, item_inputs, run_isolated, tiny_model
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from modeling_speeder import SpeederConfig
+from modeling_speeder import ItemFeatureTable, SpeederConfig, SpeederProcessor
 from trainer.arguments import SpeederSFTConfig
-from trainer.collator import ItemFeatureTable, SpeederCollator
+from trainer.collator import SpeederCollator
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +192,14 @@ class OnlyTokens(LogitsProcessor):
 
 def test_generate_and_score_candidates_choose_the_same_candidate(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    builder = model.prompt_builder(tokenizer)
     features = ItemFeatureTable(
         {m: torch.randn(20, TINY_MODEL_KWARGS[f"{m}_feature_size"]) for m in ("text", "vision", "id")},
         {m: torch.ones(20, dtype=torch.bool) for m in ("text", "vision", "id")},
     )
     rows = [{"history": list(range(i, i + 2 + i % 4)), "candidates": [10, 11, 12, 13, 14][i % 5:] + [10, 11, 12, 13,
              14][: i % 5], "label": 0} for i in range(6)]
-    collator = SpeederCollator(builder, features, ("text", "vision", "id"), max_history=8, with_answer=False,
-                               padding_side="left")
+    collator = SpeederProcessor.from_model_config(model.config, tokenizer).with_items(
+        features, with_answer=False, padding_side="left")
     batch = collator(rows)
     scores = model.score_candidates(**batch)
     labels = model.config.candidate_label_token_ids
@@ -235,7 +234,8 @@ def test_sft_trainer_steps_train_every_speeder_part(tmp_path):
         {m: torch.randn(20, TINY_MODEL_KWARGS[f"{m}_feature_size"]) for m in ("text", "vision", "id")},
         {m: torch.ones(20, dtype=torch.bool) for m in ("text", "vision", "id")},
     )
-    collator = SpeederCollator(model.prompt_builder(tokenizer), features, ("text", "vision", "id"), max_history=8)
+    with pytest.warns(DeprecationWarning, match="SpeederProcessor"):  # the old collator: the processor, bound
+        collator = SpeederCollator(model.prompt_builder(tokenizer), features, ("text", "vision", "id"), max_history=8)
     rows = Dataset.from_list([{"history": [i % 20, (i + 1) % 20, (i + 2) % 20], "candidates": [1, 5, 9, 13, 17],
                                "label": i % 5, "ppt_positions": [], "ppt_label": ""} for i in range(8)])
     # LoRA's B matrices and the tanh gates start at zero, so the first step moves neither LoRA's A nor the non-text

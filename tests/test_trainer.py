@@ -19,11 +19,12 @@ from datasets_builder import (BuildConfig, SyntheticConfig, build_dataset, compu
                               generate_synthetic_dataset)
 from datasets_builder.build import load_built_dataset, train_subset
 from metrics import compute_choice_metrics, compute_ranking_metrics
+from modeling_speeder import IGNORE_INDEX, SpeederProcessor
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.callbacks import NonFiniteTrainingError
-from trainer.collator import IGNORE_INDEX, SpeederCollator
-from trainer.pipeline import (SpeederSFTTrainer, build_model, history_prefix_rows, load_features, training_rows,
-                              warmup_cosine)
+from trainer.training_data import history_prefix_rows, load_features, training_rows
+from trainer.model_building import build_model
+from trainer.sft_trainer import SpeederSFTTrainer, warmup_cosine
 from trainer.run import main
 from trainer.stages import STAGES, apply_stage, check_frozen_unchanged, frozen_fingerprints
 
@@ -265,15 +266,14 @@ def test_history_prefixes_become_targets_among_the_rows_own_negatives():
 def test_ppt_rows_carry_their_eq14_label_and_items_in_shown_order(data_dir):
     args = tiny_args(data_dir)
     model, tokenizer = build_model(args, load_features(str(data_dir), args), 0, None)
-    from trainer.collator import SpeederCollator
-
-    builder = model.get_base_model().prompt_builder(tokenizer)
     features = load_features(str(data_dir), args)
-    collator = SpeederCollator(builder, features, ("text",), max_history=8)
+    collator = SpeederProcessor.from_model_config(model.get_base_model().config, tokenizer).with_items(features, ("text",))
+    builder = collator.prompt_builder
     row = load_sequences(data_dir)["ppt_train"][0]
     a, b, c = row["ppt_positions"]
     assert row["ppt_label"] == ("yes" if abs(a - b) <= abs(b - c) else "no")
-    prompt, items = collator.encode(row)
+    prompt, keys = collator.encode(row, with_answer=True)
+    items = [item for item, _ in keys]
     assert items == row["history"] + [row["history"][p] for p in (a, b, c)]
     assert prompt.history_positions == list(range(1, len(row["history"]) + 1)) + [0, 0, 0]
     batch = collator([row])
@@ -389,8 +389,8 @@ def built(tmp_path_factory):
     def features(data_dir):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(datasets_builder.features, "load_encoder", lambda *args, **kwargs: RandomTextEncoder())
-            patch.setitem(sys.modules, "baselines", types.SimpleNamespace(train_baseline=random_sasrec,
-                                                                           __version__="test"))
+            patch.setattr(datasets_builder.features, "baselines",
+                           types.SimpleNamespace(train_baseline=random_sasrec, __version__="test"))
             compute_item_features(data_dir, text_encoder=str(root / "encoder"), vision_encoder="none",
                                   id_encoder="sasrec")
         return data_dir
@@ -457,16 +457,16 @@ def test_features_computed_after_a_failed_start_are_used_by_the_resumed_run(tmp_
 
 
 def test_a_non_finite_training_loss_stops_the_run_naming_stage_and_step(data_dir, tmp_path, monkeypatch):
-    original = SpeederCollator.__call__
+    original = SpeederProcessor.__call__
 
-    def nan_features_from_the_third_batch(self, rows):
-        batch = original(self, rows)
+    def nan_features_from_the_third_batch(self, rows, **kwargs):
+        batch = original(self, rows, **kwargs)
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == 3:  # e.g. a NaN that reached the batch
             batch["text_features"][0] = float("nan")
         return batch
 
-    monkeypatch.setattr(SpeederCollator, "__call__", nan_features_from_the_third_batch)
+    monkeypatch.setattr(SpeederProcessor, "__call__", nan_features_from_the_third_batch)
     with pytest.raises(NonFiniteTrainingError, match=r"Stage 1, step 3: the training loss \(nan\) is not finite"):
         run(data_dir, tmp_path, "--stages", "1", "--max_steps", "4")
     assert not (tmp_path / "stage1" / "stage_metrics.json").exists()

@@ -8,13 +8,18 @@ mistake in the inputs ends with `error: <message>` and exit code 2.
 """
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import TrlParser
 
+if __package__ in (None, ""):  # run as a file (`accelerate launch trainer/ablations.py`): import from the repository root, not this folder
+    _ROOT = str(Path(__file__).resolve().parents[1])
+    sys.path[0:1] = [_ROOT] if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent else [_ROOT, sys.path[0]]
+
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
-from trainer.pipeline import train_stages
+from trainer.curriculum import train_stages
 from trainer.run import run_cli
 
 

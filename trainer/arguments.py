@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from trl import SFTConfig
 
-from modeling_speeder import GATE_TYPES, MODALITIES
+from modeling_speeder import GATE_TYPES, MODALITIES, SpeederConfig
 from modeling_speeder.backbones import NAMED_BACKBONES
 
 from .stages import parse_stage_epochs, parse_stages
@@ -26,6 +26,19 @@ ABLATIONS = {
 }
 # Ablations that start a later stage without its predecessor (the others need the previous stage's weights).
 STAGE_SKIPPING_ABLATIONS = ("wo_stage1", "wo_stages12")
+# SpeederArguments field -> the SpeederConfig field it sets; the defaults are SpeederConfig's.
+MODEL_CONFIG_FIELDS = {
+    "max_history": "max_history_length",
+    "use_history_positions": "use_history_positions",
+    "history_indices": "history_indices",
+    "gate_type": "gate_type",
+    "gate_bias_init": "gate_bias_init",
+    "fusion_hidden_size": "fusion_hidden_size",
+    "fusion_num_attention_heads": "fusion_num_attention_heads",
+    "fusion_intermediate_size": "fusion_intermediate_size",
+    "num_modality_expert_layers": "num_modality_expert_layers",
+    "num_multimodal_expert_layers": "num_multimodal_expert_layers",
+}
 
 
 @dataclass
@@ -42,27 +55,33 @@ class SpeederArguments:
     )
     ablation: str = field(default="none", metadata={"help": f"One of {list(ABLATIONS)} (paper Table 3)."})
     drop_modalities: str = field(default="", metadata={"help": "Comma-separated modalities whose data is left out."})
-    max_history: int = field(default=20, metadata={"help": "Most recent history items in a prompt (PPL rows)."})
+    max_history: int = field(
+        default=SpeederConfig.max_history_length,
+        metadata={"help": "Most recent history items in a prompt (PPL rows); build the data with the same config "
+                          "(`python -m datasets_builder ... --config CONFIG`)."},
+    )
     ppt_per_sequence: float = field(
         default=1.0, metadata={"help": "PPT samples mixed in per training sequence (0 disables PPT)."}
     )
-    use_history_positions: bool = field(default=True, metadata={"help": "Position Prompt Learning (PPL)."})
+    use_history_positions: bool = field(
+        default=SpeederConfig.use_history_positions, metadata={"help": "Position Prompt Learning (PPL)."}
+    )
     history_indices: bool = field(
-        default=True,
+        default=SpeederConfig.history_indices,
         metadata={"help": "Write each history item's index before its <item> token (the paper's prompt); false "
                           "writes one <item> token per history item, its order carried by PPL alone."},
     )
-    gate_type: str = field(default="tanh", metadata={"help": f"One of {list(GATE_TYPES)}."})
+    gate_type: str = field(default=SpeederConfig.gate_type, metadata={"help": f"One of {list(GATE_TYPES)}."})
     gate_bias_init: float = field(
-        default=0.0,
+        default=SpeederConfig.gate_bias_init,
         metadata={"help": "Start value of each tanh gate's bias (its weight starts at 0): 0 is the paper's closed "
                           "gate; a positive value passes tanh(b) of the gated modality from the first step."},
     )
-    fusion_hidden_size: int = 256
-    fusion_num_attention_heads: int = 4
-    fusion_intermediate_size: int = 1024
-    num_modality_expert_layers: int = 1
-    num_multimodal_expert_layers: int = 1
+    fusion_hidden_size: int = SpeederConfig.fusion_hidden_size
+    fusion_num_attention_heads: int = SpeederConfig.fusion_num_attention_heads
+    fusion_intermediate_size: int = SpeederConfig.fusion_intermediate_size
+    num_modality_expert_layers: int = SpeederConfig.num_modality_expert_layers
+    num_multimodal_expert_layers: int = SpeederConfig.num_multimodal_expert_layers
     attn_implementation: str | None = field(
         default=None,
         metadata={"help": "The backbone's attention kernel: eager, sdpa, flash_attention_2, ... (default: "
@@ -94,6 +113,10 @@ class SpeederArguments:
     eval_batch_size: int = 16
     eval_generate: bool = field(default=True, metadata={"help": "Measure ValidRatio by free generation."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted stage from its last checkpoint."})
+
+    def model_config_kwargs(self) -> dict:
+        """The `SpeederConfig` fields these arguments set (`MODEL_CONFIG_FIELDS`)."""
+        return {config_name: getattr(self, name) for name, config_name in MODEL_CONFIG_FIELDS.items()}
 
     def resolved(self) -> "SpeederArguments":
         """Applies the ablation's values and validates everything; raises ValueError naming the bad value."""

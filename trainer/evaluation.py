@@ -4,9 +4,8 @@ import torch
 from tqdm.auto import tqdm
 
 from metrics import compute_choice_metrics, compute_ranking_metrics
-from metrics.predictions import answers_from_scores, prediction_rows
-
-from .collator import SpeederCollator
+from metrics.predictions import answers_from_scores, prediction_rows, write_predictions
+from modeling_speeder import SpeederProcessor
 
 
 def _batches(dataset, batch_size: int, max_samples: int | None):
@@ -22,7 +21,7 @@ def _to(batch: dict, device) -> dict:
 @torch.no_grad()
 def evaluate_recommendation(
     model,
-    collator: SpeederCollator,
+    collator: SpeederProcessor,
     dataset,
     batch_size: int = 16,
     max_samples: int | None = None,
@@ -40,12 +39,10 @@ def evaluate_recommendation(
     device = next(model.parameters()).device
     speeder = model.get_base_model() if hasattr(model, "get_base_model") else model
     label_token_ids = speeder.config.candidate_label_token_ids
-    scoring = SpeederCollator(collator.prompt_builder, collator.item_features, collator.modalities,
-                              collator.max_history, with_answer=False, padding_side="left")
     scores, answers, samples = [], [], []
     for rows in tqdm(list(_batches(dataset, batch_size, max_samples)), desc=desc, leave=False):
         pool = label_token_ids[:len(rows[0]["candidates"])]
-        logits = speeder.answer_logits(**_to(scoring(rows), device)).float()
+        logits = speeder.answer_logits(**_to(collator(rows, with_answer=False, padding_side="left"), device)).float()
         batch_scores = logits[:, pool].cpu().tolist()
         scores += batch_scores
         if generate:
@@ -64,20 +61,36 @@ def evaluate_recommendation(
 
 
 @torch.no_grad()
-def evaluate_ppt(model, collator: SpeederCollator, dataset, batch_size: int = 16, max_samples: int | None = None):
+def evaluate_ppt(model, collator: SpeederProcessor, dataset, batch_size: int = 16, max_samples: int | None = None):
     """PPT accuracy: the yes/no answer with the higher logit at the answer position, against the Eq. 14 label."""
     model.eval()
     device = next(model.parameters()).device
     speeder = model.get_base_model() if hasattr(model, "get_base_model") else model
     answer_ids = collator.prompt_builder.ppt_answer_token_ids
-    scoring = SpeederCollator(collator.prompt_builder, collator.item_features, collator.modalities,
-                              collator.max_history, with_answer=False)
     choices, labels = [], []
     for rows in _batches(dataset, batch_size, max_samples):
-        batch = _to(scoring(rows), device)
+        batch = _to(collator(rows, with_answer=False, padding_side="right"), device)
         yes_no = speeder.answer_logits(token_ids=[answer_ids["yes"], answer_ids["no"]], **batch)
         choices += yes_no.argmax(-1).tolist()  # 0 = yes, 1 = no
         labels += [0 if row["ppt_label"] == "yes" else 1 for row in rows]
     if not labels:
         return {}
     return {"ppt_accuracy": compute_choice_metrics(choices, labels)["accuracy"]}
+
+
+def evaluate_split(model, collator: SpeederProcessor, data, split: str, args,
+                   predictions_file, desc: str) -> dict:
+    """Metrics on a split's stored pools (the paper's one per sequence; the `<split>_pools` extra pools of the same
+    sequences under "extra_pools", when the data has them); writes every pool's prediction to `predictions_file`."""
+    metrics, records = evaluate_recommendation(model, collator, data[split], args.eval_batch_size,
+                                               args.max_eval_samples, generate=args.eval_generate, desc=desc)
+    extra = data.get(f"{split}_pools")
+    if extra is not None and len(extra):
+        sequences = {record["sequence_id"] for record in records}
+        extra = extra.filter(lambda batch: [s in sequences for s in batch["sequence_id"]], batched=True)
+        extra_metrics, extra_records = evaluate_recommendation(model, collator, extra, args.eval_batch_size,
+                                                               generate=args.eval_generate, desc=f"{desc}, extra pools")
+        metrics["extra_pools"] = extra_metrics
+        records += extra_records
+    write_predictions(predictions_file, records)
+    return metrics

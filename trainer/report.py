@@ -1,4 +1,5 @@
-"""The results report of a run: Table 2 (Speeder vs baselines), Table 3 (ablations), curves, vision check, efficiency.
+"""What a user reads of a run: each stage's training log (JSON, CSV, a PNG of the curves), the results table, and the
+report: Table 2 (Speeder vs baselines), Table 3 (ablations), curves, vision check, efficiency.
 
     python -m trainer.report --run outputs/runs/demo [--vision-check outputs/runs/vision_check]
         [--benchmark outputs/bench/efficiency.json] [--out DIR]
@@ -9,6 +10,7 @@ Every figure is read from the files the runs wrote: `results.json` of the run an
 """
 
 import argparse
+import csv
 import json
 import platform
 import shutil
@@ -27,9 +29,58 @@ from metrics.predictions import (  # noqa: E402
     read_predictions,
     sequence_hits,
 )
+from modeling_speeder.file_utils import write_json_atomically  # noqa: E402
 
 from .arguments import cpu_has_native_bf16  # noqa: E402
-from .reporting import format_row  # noqa: E402
+
+RESULT_COLUMNS = ("hr@1", "valid_ratio", "vhr@1", "ndcg@5")
+
+
+def write_log(log_history: list[dict], folder: Path) -> None:
+    """`log_history.json` and `log.csv` (one row per logged step, the union of all keys as columns)."""
+    write_json_atomically(folder / "log_history.json", log_history)
+    columns = sorted({key for row in log_history for key in row})
+    with open(folder / "log.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(log_history)
+
+
+def plot_training_curve(log_history: list[dict], path: Path, title: str) -> None:
+    """Loss, learning rate and (when evaluated) valid HR@1 / PPT accuracy against the training step."""
+    train = [row for row in log_history if "loss" in row and "step" in row]
+    evals = [row for row in log_history if "eval_hr@1" in row]
+    fig, axes = plt.subplots(1, 3 if evals else 2, figsize=(12 if evals else 8, 3.2))
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], marker=".")
+    axes[0].set(title="training loss", xlabel="step")
+    axes[1].plot([r["step"] for r in train], [r.get("learning_rate", float("nan")) for r in train])
+    axes[1].set(title="learning rate", xlabel="step")
+    if evals:
+        for key in ("eval_hr@1", "eval_ppt_accuracy"):
+            points = [(r["step"], r[key]) for r in evals if key in r]
+            if points:
+                axes[2].plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+        axes[2].set(title="valid", xlabel="step")
+        axes[2].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_row(name: str, metrics: dict) -> str:
+    """One table row; "–" where a model has no such figure (generation-only baselines have no NDCG)."""
+    return f"| {name} | " + " | ".join(f"{metrics[k]:.4f}" if k in metrics else "–" for k in RESULT_COLUMNS) + " |"
+
+
+def results_table(results: dict) -> str:
+    """Markdown table: valid metrics after each stage, then test metrics of the final stage."""
+    lines = ["| model | HR@1 | ValidRatio | VHR@1 | NDCG@5 |", "| --- | --- | --- | --- | --- |"]
+    for number, stage in sorted(results["stages"].items()):
+        lines.append(format_row(f"stage {number} (valid)", stage["valid"]))
+    lines.append(format_row(f"Speeder, stage {results['final_stage']} (test)", results["test"]))
+    return "\n".join(lines) + "\n"
+
 
 BASELINE_NAMES = {"pop": "Pop (popularity)", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "bert4rec": "BERT4Rec",
                   "llara": "LLaRA-style", "zero_shot": "Backbone, zero-shot"}

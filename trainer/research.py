@@ -23,12 +23,12 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from baselines.llm import train_llara
 from baselines.trainer import MODELS, train_baseline
 from metrics.predictions import bootstrap_interval, paired_difference, predictions_path, read_predictions, sequence_hits
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
-from trainer.pipeline import train_stages
+from trainer.curriculum import train_stages
 from trainer.run import run_cli
+from trainer.llm_baselines import train_llara
 from trainer.stages import parse_stage_epochs
 
 REFERENCE = "sasrec"  # the bar: Speeder against SASRec on the same pools

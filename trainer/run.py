@@ -8,11 +8,16 @@ mistake in the inputs (a bad value, a missing folder or file) ends with `error: 
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from trl import TrlParser
 
+if __package__ in (None, ""):  # run as a file (`accelerate launch trainer/run.py`): import from the repository root, not this folder
+    _ROOT = str(Path(__file__).resolve().parents[1])
+    sys.path[0:1] = [_ROOT] if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent else [_ROOT, sys.path[0]]
+
 from trainer.arguments import SpeederArguments, SpeederSFTConfig
-from trainer.pipeline import train_stages
+from trainer.curriculum import train_stages
 
 USER_ERRORS = (ValueError, FileNotFoundError)  # what the trainer raises for bad inputs, with a message naming the fix
 
