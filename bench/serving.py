@@ -46,6 +46,7 @@ from transformers import AutoModel, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
 from bench.efficiency import machine_info
+from modeling_speeder import SpeederProcessor
 from modeling_speeder.backbones import build_speeder_model
 from modeling_speeder.modeling_speeder import CACHE_NAME
 
@@ -75,7 +76,8 @@ class PrefixCachedRanker:
 
     def __init__(self, model, tokenizer):
         self.model = model
-        self.builder = model.prompt_builder(tokenizer)
+        self.processor = SpeederProcessor.from_model_config(model.config, tokenizer)
+        self.builder = self.processor.prompt_builder
         labels = len(model.config.candidate_labels)
         probes = [self.builder.recommendation(n, k).input_ids for n in (1, 2) for k in (1, labels)]
         length = 0
@@ -85,9 +87,6 @@ class PrefixCachedRanker:
         if length == 0:
             raise ValueError("The recommendation prompts share no prefix before their first item: nothing to cache.")
         self.prefix = probes[0][:length]
-        tokenizer = self.builder.tokenizer
-        self.pad_id = next(token for token in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0)
-                           if token is not None and token != self.builder.item_token_id)
         self.label_weights = model.lm_head.weight[torch.tensor(model.config.candidate_label_token_ids)]
         with torch.no_grad():
             output = model.model(input_ids=torch.tensor([self.prefix], device=model.device), use_cache=True)
@@ -96,31 +95,22 @@ class PrefixCachedRanker:
     @torch.no_grad()
     def rank(self, histories: list[list[str]], candidate_lists: list[list[str]]) -> list[list[tuple[str, float]]]:
         """Per history, `[(item_id, score), ...]` best first, as `model.recommend(history, candidates)` gives."""
-        model, cache, size = self.model, self.model.item_cache, len(self.prefix)
-        histories = [history[-model.config.max_history_length:] for history in histories]
-        prompts = [self.builder.recommendation(len(h), len(c)) for h, c in zip(histories, candidate_lists)]
-        if any(prompt.input_ids[:size] != self.prefix for prompt in prompts):
+        model, size = self.model, len(self.prefix)
+        inputs = self.processor.with_items(model.item_cache)(histories=histories, candidates=candidate_lists)
+        if not (inputs["input_ids"][:, :size] == torch.tensor(self.prefix)).all():
             raise ValueError("A prompt does not start with the cached prefix.")
-        rests = [prompt.input_ids[size:] for prompt in prompts]
-        batch, width = len(rests), max(len(rest) for rest in rests)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros(batch, size + width, dtype=torch.long)
-        attention_mask[:, :size] = 1
-        for row, rest in enumerate(rests):
-            input_ids[row, : len(rest)] = torch.tensor(rest)
-            attention_mask[row, size: size + len(rest)] = 1
-        rows = cache.rows_of([item for h, c in zip(histories, candidate_lists) for item in h + c])
-        positions = [position for prompt in prompts for position in prompt.history_positions]
+        batch, width = inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] - size
         past = DynamicCache([(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
                              for keys, values in self.keys_values])
         device = model.device
         hidden = model.model(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+            input_ids=inputs["input_ids"][:, size:].to(device), attention_mask=inputs["attention_mask"].to(device),
             position_ids=torch.arange(size, size + width, device=device).expand(batch, -1),
-            item_embeddings=cache.embeddings[rows].to(device=device, dtype=model.dtype),
-            history_positions=torch.tensor(positions, device=device), use_cache=True, **{CACHE_NAME: past},
+            item_embeddings=inputs["item_embeddings"].to(device=device, dtype=model.dtype),
+            item_rows=inputs["item_rows"].to(device), history_positions=inputs["history_positions"].to(device),
+            use_cache=True, **{CACHE_NAME: past},
         ).last_hidden_state
-        last = torch.tensor([len(rest) - 1 for rest in rests], device=device)
+        last = (inputs["attention_mask"].sum(1) - 1 - size).to(device)
         scores = (hidden[torch.arange(batch, device=device), last] @ self.label_weights.T).float().cpu()
         rankings = []
         for candidates, row_scores in zip(candidate_lists, scores):

@@ -197,7 +197,7 @@ model.load_item_cache("{model_id}")"""
 model = AutoModel.from_pretrained("{model_id}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{model_id}", trust_remote_code=True).with_items(model.item_cache)"""
         tokenizer = ""
-    catalogue = "" if info["format"] == "adapter" else _catalogue_usage(info)
+    before = _processor_usage(info) + ("" if info["format"] == "adapter" else _catalogue_usage(info))
     return f"""## Usage
 
 ```python
@@ -207,8 +207,8 @@ import torch
 {sample}
 history = {example['history']!r}
 candidates = {example['candidates']!r}
-{catalogue}print(model.recommend(history, candidates, top_k=3{tokenizer}))  # [(item_id, score), ...], best first
-{_processor_usage(info)}
+{before}print(model.recommend(history, candidates, top_k=3{tokenizer}))  # [(item_id, score), ...], best first
+
 # A new item, encoded from its features (from the same feature encoders as the training data), is ranked at once:
 model.add_items(["new-item"], titles=["A new item"],
                 {modality}_features=torch.randn(1, model.config.{modality}_feature_size))

@@ -1,4 +1,4 @@
-"""Speeder's Hugging Face model: config, item encoder, the item-token splice, and backbone loading."""
+"""Speeder's Hugging Face model: config, processor, item encoder, the item-token splice, and backbone loading."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY

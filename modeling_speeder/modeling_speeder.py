@@ -489,8 +489,9 @@ class SpeederItemCache:
 class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     """Speeder with the LM head: trains on the answer token, generates answers, and ranks candidate pools.
 
-    From an exported folder, `recommend` ranks items by id with the folder's item cache and tokenizer (both loaded on
-    first use), and `add_items` encodes cold-start items into that cache.
+    From an exported folder, `recommend` ranks items by id: the folder's processor (`get_processor`) writes the prompts
+    over the item cache (both loaded on first use), `score_candidates` scores them; `add_items` encodes cold-start
+    items into that cache.
     """
 
     def __init__(self, config: SpeederConfig):

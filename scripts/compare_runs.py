@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file (`python scripts/compare_runs.py`): import from the repository root, not this folder
+# Run as a file (`python scripts/compare_runs.py`): import from the repository root, not from this folder.
+if __package__ in (None, ""):
     _ROOT = str(Path(__file__).resolve().parents[1])
     sys.path[0:1] = [_ROOT] if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent else [_ROOT, sys.path[0]]
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from trl import TrlParser
 
-if __package__ in (None, ""):  # run as a file (`accelerate launch trainer/ablations.py`): import from the repository root, not this folder
+# Run as a file (`accelerate launch trainer/ablations.py`): import from the repository root, not from this folder.
+if __package__ in (None, ""):
     _ROOT = str(Path(__file__).resolve().parents[1])
     sys.path[0:1] = [_ROOT] if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent else [_ROOT, sys.path[0]]
 

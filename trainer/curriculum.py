@@ -35,7 +35,8 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
     modalities = stage_modalities(stage, features)
     model, tokenizer = build_model(args, features, training_args.seed, previous_adapter, align_modalities=modalities)
     trainable = apply_stage(model, stage)
-    collator = SpeederProcessor.from_model_config(model.get_base_model().config, tokenizer).with_items(features, modalities)
+    processor = SpeederProcessor.from_model_config(model.get_base_model().config, tokenizer)
+    collator = processor.with_items(features, modalities)
     # each stage draws its own order (and, with a fractional epoch, its own part) of the training rows
     rows = training_rows(data, args, training_args.seed, args.max_train_samples,
                          shuffle_seed=training_args.seed + stage.number)

@@ -136,8 +136,9 @@ LLM_BASELINES = ("llara", "zero_shot")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.llm_baselines", description=__doc__)
-    parser.add_argument("data_dir", help="output folder of `python -m datasets_builder` (sequences/, items/, features/)")
-    parser.add_argument("--models", default=",".join(LLM_BASELINES), help=f"comma-separated, from {list(LLM_BASELINES)}")
+    parser.add_argument("data_dir", help="output folder of `python -m datasets_builder` (sequences/, items/, ...)")
+    parser.add_argument("--models", default=",".join(LLM_BASELINES),
+                        help=f"comma-separated, from {list(LLM_BASELINES)}")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--config", metavar="YAML", default=None,
                         help="Speeder's trainer config: its backbone and max_history are the defaults of both flags")
@@ -148,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-samples", type=int, default=None, help="llara: training sequences (default all)")
     parser.add_argument("--max-eval-samples", type=int, default=None, help="test samples scored (default all)")
     parser.add_argument("--prefix-min-history", type=int, default=0,
-                        help="llara: also train on history prefixes, as Speeder's --prefix_min_history (default 0: off)")
-    parser.add_argument("--llm-epochs", type=float, default=1.0, help="llara: epochs over its training rows (default 1)")
+                        help="llara: also train on history prefixes, as Speeder's --prefix_min_history (0: off)")
+    parser.add_argument("--llm-epochs", type=float, default=1.0,
+                        help="llara: epochs over its training rows (default 1)")
     args = parser.parse_args(argv)
     config = {}
     if args.config:
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in LLM_BASELINES]
     if unknown or not names:
-        parser.error(f"unknown model(s) {unknown}; valid names: {list(LLM_BASELINES)} (ID baselines: python -m baselines)")
+        parser.error(f"unknown model(s) {unknown}; valid names: {list(LLM_BASELINES)} "
+                     "(the ID baselines: python -m baselines)")
     common = dict(backbone=args.backbone, max_history=args.max_history, max_eval_samples=args.max_eval_samples)
     for name in names:
         if name == "zero_shot":
