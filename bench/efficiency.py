@@ -81,6 +81,7 @@ from pathlib import Path
 
 from modeling_speeder import SpeederProcessor
 from modeling_speeder.backbones import build_speeder_model, resolve_backbone
+from modeling_speeder.file_utils import write_json_atomically
 from modeling_speeder.processing_speeder import distinct_rows
 from modeling_speeder.prompt_speeder import CANDIDATE_ITEM_TEMPLATE
 
@@ -886,7 +887,7 @@ def main(argv=None) -> dict:
         "wall_s": None,
     }
     report["wall_s"] = time.perf_counter() - started
-    (out_dir / "efficiency.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomically(out_dir / "efficiency.json", report)
     if rows:
         plot(rows, out_dir / "efficiency.png",
              f"{args.backbone} · {args.device}/{args.dtype} · batch {args.batch_size} · titles: "

@@ -32,7 +32,6 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python bench/servin
     _sys.path.insert(0, str(_Path(__file__).resolve().parents[1]))
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -48,6 +47,7 @@ from transformers.utils import logging as hf_logging
 from bench.efficiency import machine_info
 from modeling_speeder import SpeederProcessor
 from modeling_speeder.backbones import build_speeder_model
+from modeling_speeder.file_utils import write_json_atomically
 from modeling_speeder.modeling_speeder import CACHE_NAME
 
 matplotlib.use("Agg")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         ],
         "wall_s": time.perf_counter() - started,
     }
-    (out / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomically(out / "serving.json", report)
     model = result["model"]
     plot(result["rows"], out / "serving.png",
          f"{model['backbone']} ({model['layers']} layers, d={model['hidden_size']}) · {model['items']} items · "

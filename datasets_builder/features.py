@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 import baselines  # this repository's ID baselines: SASRec is the ID encoder E_s
 from modeling_speeder.configuration_speeder import MODALITIES
-from modeling_speeder.file_utils import replace_atomically
+from modeling_speeder.file_utils import replace_atomically, write_json_atomically
 
 from .build import DEFAULT_ENCODERS, load_built_dataset
 
@@ -344,7 +344,7 @@ def _save_features(directory: Path, modality: str, features: torch.Tensor, prese
         directory / f"{modality}.safetensors",
         lambda tmp: save_file(tensors, tmp, metadata={"manifest": json.dumps(manifest)}),
     )
-    replace_atomically(json_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_json_atomically(json_path, manifest)
 
 
 def _encode_text(encoder: Callable, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor, dict]:

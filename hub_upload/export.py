@@ -33,6 +33,7 @@ from baselines import train_baseline
 from datasets_builder.build import load_built_dataset
 from datasets_builder.features import read_feature_manifest
 from modeling_speeder import SpeederProcessor, app_speeder, pipeline_speeder
+from modeling_speeder.file_utils import write_json_atomically
 from modeling_speeder.modeling_speeder import ITEM_CACHE_FILE, ITEM_TABLE_FILE, SpeederItemCache
 from modeling_speeder.pipeline_speeder import PIPELINE_TASK, SpeederRecommendationPipeline
 from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
@@ -218,8 +219,8 @@ def export_run(
             base = base_model or _backbone_hub_id(args.backbone) or args.backbone
             adapter_config = json.loads((tmp / "adapter_config.json").read_text())
             adapter_config["base_model_name_or_path"] = base
-            (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-            _write_json(tmp / BASE_NOTE, {
+            write_json_atomically(tmp / "adapter_config.json", adapter_config)
+            write_json_atomically(tmp / BASE_NOTE, {
                 "base_model": base, "backbone": args.backbone, "seed": run.config.get("seed"),
                 "speeder_config": {key: getattr(config, key) for key in BASE_CONFIG_KEYS},
                 "how": "set_seed(seed), then modeling_speeder.backbones.build_speeder_model(backbone, "
@@ -232,7 +233,7 @@ def export_run(
             shutil.copyfile(pipeline_speeder.__file__, tmp / PIPELINE_FILE)
             shutil.copyfile(app_speeder.__file__, tmp / APP_FILE)
             base = base_model or _backbone_hub_id(args.backbone)
-        _write_json(tmp / ITEM_ENCODERS_FILE, item_encoders(args.data_dir, items, cache.modalities))
+        write_json_atomically(tmp / ITEM_ENCODERS_FILE, item_encoders(args.data_dir, items, cache.modalities))
         cache.save(tmp)
         if retriever is not None:
             retriever.save(tmp / SASREC_RETRIEVER_FILE)
@@ -248,7 +249,7 @@ def export_run(
             "retrievers": ["item_cache"] + (["sasrec"] if retriever is not None else []),
             "sasrec_retriever": retriever_info,
         }
-        _write_json(tmp / EXPORT_INFO, info)
+        write_json_atomically(tmp / EXPORT_INFO, info)
         example = _usage_example(sequences, items, cache, args.max_history)
         card = model_card(run, args, stats, info, curves, example, benchmark_data, license=license)
         card.save(tmp / "README.md")
@@ -339,10 +340,6 @@ def _replace_folder(tmp: Path, out: Path):
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_json(path: Path, payload: dict):
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _check_tokenizer(folder: Path, item_token_id: int):

@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard, constants, get_token
 
 from datasets_builder.build import load_built_dataset
+from modeling_speeder.file_utils import write_json_atomically
 
 from .export import EXPORT_INFO, export_run, is_run_dir
 
@@ -87,7 +88,7 @@ def _retarget_card(folder: Path, repo_id: str, dataset_id: str | None):
         card.save(readme)
     info.update(model_id=repo_id, **({"dataset_id": dataset_id} if dataset_id else {}))
     (folder / EXPORT_INFO).unlink()
-    (folder / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    write_json_atomically(folder / EXPORT_INFO, info)
 
 
 def commit_message(folder: Path) -> str:

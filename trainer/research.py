@@ -25,10 +25,11 @@ from trl import TrlParser
 
 from baselines.trainer import MODELS, train_baseline
 from metrics.predictions import bootstrap_interval, paired_difference, predictions_path, read_predictions, sequence_hits
+from modeling_speeder.file_utils import write_json_atomically
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.curriculum import train_stages
-from trainer.run import run_cli
 from trainer.llm_baselines import train_llara
+from trainer.run import run_cli
 from trainer.stages import parse_stage_epochs
 
 REFERENCE = "sasrec"  # the bar: Speeder against SASRec on the same pools
@@ -111,7 +112,7 @@ def run_one(data_dir: Path, seed: int, args: SpeederArguments, training_args: Sp
 
 
 def _record_time(path: Path, started: float) -> None:
-    path.write_text(json.dumps({"wall_time_s": round(time.perf_counter() - started, 1)}) + "\n")
+    write_json_atomically(path, {"wall_time_s": round(time.perf_counter() - started, 1)})
 
 
 def cell_predictions(cell: Path) -> dict[str, list[dict]]:
@@ -188,7 +189,7 @@ def export_results(output_dir: Path, results_dir: Path, summary: dict) -> None:
             target = results_dir / path.relative_to(output_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomically(results_dir / "summary.json", summary)
     (results_dir / "summary.md").write_text(f"# Research runs\n\nCells: {', '.join(summary['cells'])}.\n\n"
                                             "Test VHR@1, mean ± std over cells (each cell: one data split and one "
                                             "training seed); differences are paired per cell.\n\n"
