@@ -3,20 +3,9 @@
 from modeling_speeder.configuration_speeder import MODALITIES
 
 from .build import BuildConfig, build_dataset, load_built_dataset, movielens_config
+from .features import compute_item_features, load_item_features
 from .readers import FORMATS, read_interactions, read_item_metadata
 from .synthetic import SyntheticConfig, generate_synthetic_dataset
-
-_FEATURE_NAMES = ("compute_item_features", "load_item_features")
-
-
-def __getattr__(name: str):
-    # the feature step imports torch; building does not need it, so load it on first use
-    if name in _FEATURE_NAMES:
-        from . import features
-
-        return getattr(features, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "FORMATS",

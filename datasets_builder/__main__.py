@@ -17,6 +17,7 @@ import sys
 import yaml
 
 from .build import DEFAULT_ENCODERS, BuildConfig, build_dataset, movielens_config
+from .features import compute_item_features
 from .readers import FORMATS
 from .synthetic import SyntheticConfig, generate_synthetic_dataset
 
@@ -107,8 +108,6 @@ def _add_feature_args(parser: argparse.ArgumentParser, vision_default: str):
 
 
 def _compute_features(data_dir: str, args):
-    from .features import compute_item_features
-
     for modality, status in compute_item_features(data_dir, **_feature_kwargs(args)).items():
         print(f"{modality}: {status}")
 
