@@ -22,9 +22,9 @@ from transformers import AutoModel
 
 from datasets_builder.build import load_built_dataset
 from metrics.predictions import bootstrap_interval, paired_difference
+from modeling_speeder.file_utils import write_json_atomically
 from modeling_speeder.retrieval_speeder import top_rows
 
-from .pipeline import write_json_atomic
 from .run import run_cli
 
 MODELS = ("sasrec", "sasrec_speeder")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"model": str(args.model), "data_dir": str(args.data_dir), "split": args.split,
                 "num_candidates": num_candidates, "top_k": args.top_k, "exclude_history": not args.keep_history,
                 "num_sequences": len(records)}
-    write_json_atomic(Path(args.out), {"settings": settings, "summary": summary, "table": table, "records": records})
+    write_json_atomically(Path(args.out), {"settings": settings, "summary": summary, "table": table, "records": records})
     print(table)
     return summary
 
