@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTr
 
 from .configuration_speeder import SpeederConfig
 from .modeling_speeder import SpeederForSequentialRec
-from .prompt_speeder import DEFAULT_CANDIDATE_LABELS, ITEM_TOKEN, PPT_ANSWERS, SpeederPromptBuilder, template_words
+from .prompt_speeder import (DEFAULT_CANDIDATE_LABELS, ITEM_TOKEN, MODEL_CANDIDATE_LABELS, PPT_ANSWERS, SpeederPromptBuilder,
+                             template_words)
 
 NAMED_BACKBONES = ("tiny", "smollm2-135m-instruct")
 TINY_SEED = 0
@@ -147,7 +148,7 @@ def build_speeder_model(
     causal_lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     if causal_lm.get_input_embeddings().num_embeddings < len(tokenizer):
         causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    candidate_labels = config_overrides.pop("candidate_labels", list(DEFAULT_CANDIDATE_LABELS[:5]))
+    candidate_labels = config_overrides.pop("candidate_labels", list(MODEL_CANDIDATE_LABELS))
     builder = SpeederPromptBuilder(tokenizer, candidate_labels)
     config = SpeederConfig(
         text_config=causal_lm.config,

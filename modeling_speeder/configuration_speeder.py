@@ -3,6 +3,8 @@
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .prompt_speeder import MODEL_CANDIDATE_LABELS
+
 MODALITIES = ("text", "vision", "id")
 GATE_TYPES = ("tanh", "relu", "none")
 _AUTO_MAP = {
@@ -75,7 +77,7 @@ class SpeederConfig(PretrainedConfig):
         if self.modalities is None:
             self.modalities = list(MODALITIES)
         if self.candidate_labels is None:
-            self.candidate_labels = ["A", "B", "C", "D", "E"]
+            self.candidate_labels = list(MODEL_CANDIDATE_LABELS)
         if not isinstance(self.modalities, (list, tuple)) or not self.modalities or set(self.modalities) - set(MODALITIES):
             raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {self.modalities!r}.")
         self.modalities = [m for m in MODALITIES if m in self.modalities]

@@ -20,8 +20,8 @@ from transformers.utils import logging
 
 from .configuration_speeder import MODALITIES
 from .prompt_speeder import (
-    DEFAULT_CANDIDATE_LABELS,
     IGNORE_INDEX,
+    MODEL_CANDIDATE_LABELS,
     LlaraPromptBuilder,
     SpeederPromptBuilder,
     TitlePromptBuilder,
@@ -120,7 +120,7 @@ class SpeederProcessor(ProcessorMixin):
             raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, got {prompt_style!r}.")
         if not isinstance(max_history_length, int) or max_history_length < 1:
             raise ValueError(f"max_history_length must be an integer >= 1, got {max_history_length!r}.")
-        self.candidate_labels = list(candidate_labels or DEFAULT_CANDIDATE_LABELS[:5])
+        self.candidate_labels = list(candidate_labels or MODEL_CANDIDATE_LABELS)
         self.history_indices = bool(history_indices)
         self.max_history_length = max_history_length
         self.prompt_style = prompt_style

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 ITEM_TOKEN = "<item>"
 DEFAULT_CANDIDATE_LABELS = ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J")
+MODEL_CANDIDATE_LABELS = DEFAULT_CANDIDATE_LABELS[:5]  # a model's labels unless its config names others
 PPT_ANSWERS = ("yes", "no")
 
 HISTORY_TEMPLATE = "The user interacted with these items in order:{items}."
