@@ -82,6 +82,15 @@ class SpeederPrompt:
         return [IGNORE_INDEX] * self.prompt_length + list(self.input_ids[self.prompt_length:])
 
 
+def checked_placeholders(prompt, item_token_id: int):
+    """`prompt`, once its text holds exactly one `<item>` token per item; else a ValueError (a tokenizer that merges
+    `<item>` with its neighbours, or a title that tokenizes to it, would break the splice)."""
+    found = sum(1 for token in prompt.input_ids[:prompt.prompt_length] if token == item_token_id)
+    if found != prompt.num_items:
+        raise ValueError(f"The prompt holds {found} {ITEM_TOKEN} tokens for {prompt.num_items} items.")
+    return prompt
+
+
 def item_token_id(tokenizer) -> int:
     """The id of `<item>` in `tokenizer`; raises ValueError when it is not a single added token."""
     token_id = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
@@ -161,10 +170,7 @@ class SpeederPromptBuilder:
         return self._checked(SpeederPrompt(input_ids, positions, answer_token_id))
 
     def _checked(self, prompt: SpeederPrompt) -> SpeederPrompt:
-        found = sum(1 for token in prompt.input_ids if token == self.item_token_id)
-        if found != prompt.num_items:  # a tokenizer that merges "<item>" with its neighbours breaks the splice
-            raise ValueError(f"The tokenizer produced {found} {ITEM_TOKEN} tokens for {prompt.num_items} items.")
-        return prompt
+        return checked_placeholders(prompt, self.item_token_id)
 
 
 @dataclass
@@ -278,10 +284,7 @@ class LlaraPromptBuilder:
             input_ids, parts["history_positions"], parts["item_slots"], parts["item_modalities"], prompt_length,
             answer_token_ids, parts["title_token_counts"],
         )
-        found = sum(1 for token in prompt.input_ids[:prompt_length] if token == self.item_token_id)
-        if found != prompt.num_items:  # a title that tokenizes to <item> would break the splice
-            raise ValueError(f"The prompt holds {found} {ITEM_TOKEN} tokens for {prompt.num_items} placeholders.")
-        return prompt
+        return checked_placeholders(prompt, self.item_token_id)
 
     def answer_length(self, title: str) -> int:
         """Tokens the model generates to answer with this title: its title tokens plus EOS."""
