@@ -250,7 +250,7 @@ def export_run(
             "sasrec_retriever": retriever_info,
         }
         write_json_atomically(tmp / EXPORT_INFO, info)
-        example = _usage_example(sequences, items, cache, args.max_history)
+        example = _usage_example(sequences, items, cache, config.max_history_length)
         card = model_card(run, args, stats, info, curves, example, benchmark_data, license=license)
         card.save(tmp / "README.md")
         _plain_modes(tmp)  # mkdtemp, safetensors and the run's copied files are private (0700 / 0600)
