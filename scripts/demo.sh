@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the offline real data, end to end: MovieLens-100K -> item features (MiniLM text, SASRec ID) ->
 # ID baselines -> MPO stages on SmolLM2-135M-Instruct -> test metrics with per-sample predictions -> Hub-ready
-# folder -> a recommendation from that folder in a fresh process -> report. Every step is resumable: rerun this
+# folder (with SASRec as its retriever) -> a recommendation from that folder in a fresh process -> full-catalogue
+# ranking on test, SASRec alone vs SASRec -> Speeder -> report. Every step is resumable: rerun this
 # script after an interruption. DEMO_CONFIG, OUT, SASREC_EPOCHS, BASELINE_EPOCHS may be overridden (the test suite
 # runs a tiny version: DEMO_CONFIG=configs/tiny.yaml with 2 epochs, see tests/test_demo.py). Seeds, ablations, the
 # equal-budget LLaRA-style comparison, the zero-shot backbone and the vision check are the research runs:
@@ -54,13 +55,17 @@ step "3. Speeder: MPO stages ($CONFIG)"
 .venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml trainer/run.py --config "$CONFIG" \
     --data_dir "$DATA" --output_dir "$RUN" --resume true
 
-step "4. Export a Hub-ready folder"
-[ -d "$EXPORT" ] || "$PY" -m hub_upload export "$RUN" --out "$EXPORT" --data-dir "$DATA"
+step "4. Export a Hub-ready folder, with SASRec as the retriever of full-catalogue recommendation"
+[ -d "$EXPORT" ] || "$PY" -m hub_upload export "$RUN" --out "$EXPORT" --data-dir "$DATA" --sasrec-retriever
 
 step "5. Reload the exported folder in a fresh process (remote code only) and recommend for one test user"
 "$PY" scripts/recommend_example.py "$EXPORT" "$DATA"
 
-step "6. Report"
+step "6. Full-catalogue ranking on test: SASRec alone vs SASRec -> Speeder (re-ranking SASRec's top items)"
+[ -f "$RUN/full_ranking_test.json" ] || "$PY" -m trainer.full_ranking "$EXPORT" --data-dir "$DATA" --split test \
+    --out "$RUN/full_ranking_test.json"
+
+step "7. Report"
 printf 'total\t%s\n' "$(( $(date +%s) - start ))" >> "$PHASES"
 "$PY" -m trainer.report --run "$RUN" --phases "$PHASES"
 cat "$RUN/results.md"

@@ -24,5 +24,10 @@ def test_main_job_runs_end_to_end_on_the_tiny_config(tmp_path):
     assert (tmp_path / "hub" / "speeder-ml100k-tiny" / "item_embeddings.safetensors").is_file()
     assert "Speeder's ranking of the candidate pool" in result.stdout  # from the exported folder, fresh process
     report = (run / "report" / "report.md").read_text()
-    for row in ("| SASRec |", "| Speeder |", "### Intervals", "## Wall time of the main job", "| total |"):
+    full_ranking = json.loads((run / "full_ranking_test.json").read_text())
+    tested = {json.loads(line)["sequence_id"] for line in (run / "results.predictions.jsonl").read_text().splitlines()}
+    assert {record["sequence_id"] for record in full_ranking["records"]} >= tested  # the whole test split
+    assert (tmp_path / "hub" / "speeder-ml100k-tiny" / "retriever_sasrec.safetensors").is_file()
+    for row in ("| SASRec |", "| Speeder |", "### Intervals", "## Wall time of the main job", "| total |",
+                "## Full-catalogue ranking (test split)", "| SASRec → Speeder |"):
         assert row in report
