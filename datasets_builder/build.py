@@ -531,6 +531,15 @@ def load_built_dataset(data_dir: str | os.PathLike) -> tuple[DatasetDict, Datase
     return load_from_disk(str(data_dir / "sequences")), load_from_disk(str(data_dir / "items")), stats
 
 
+def pool_size(data_dir: str | os.PathLike) -> int:
+    """m, the number of candidates in each stored pool of a built DATA_DIR (its build's `--num-candidates`)."""
+    sequences = load_built_dataset(data_dir)[0]
+    split = next((sequences[name] for name in ("train", "valid", "test") if len(sequences.get(name, ()))), None)
+    if split is None:
+        raise ValueError(f"{data_dir} holds no recommendation rows: rebuild it with `python -m datasets_builder`.")
+    return len(split[0]["candidates"])
+
+
 def train_subset(train: Dataset, max_samples: int | None, seed: int) -> Dataset:
     """The first `max_samples` rows of a seeded shuffle of `train` (all of it when None or larger).
 

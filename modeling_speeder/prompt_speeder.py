@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ITEM_TOKEN = "<item>"
-DEFAULT_CANDIDATE_LABELS = ("A", "B", "C", "D", "E", "F", "G", "H", "I", "J")
+CANDIDATE_LABEL_ALPHABET = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+DEFAULT_CANDIDATE_LABELS = CANDIDATE_LABEL_ALPHABET[:10]
 MODEL_CANDIDATE_LABELS = DEFAULT_CANDIDATE_LABELS[:5]  # a model's labels unless its config names others
 PPT_ANSWERS = ("yes", "no")
 
@@ -45,6 +46,17 @@ LLARA_CANDIDATES_PREFIX = " Choose the answer from the following {num_candidates
 LLARA_QUESTION = ". Answer:"
 LLARA_MODALITIES = ("id",)
 TMF_MODALITIES = ("vision", "id")
+
+
+def candidate_labels_for(num_candidates: int) -> list[str]:
+    """The candidate labels of a model trained on pools of `num_candidates`: the default five letters, or one letter
+    per candidate for larger pools (A..Z, so at most 26)."""
+    if not 2 <= num_candidates <= len(CANDIDATE_LABEL_ALPHABET):
+        raise ValueError(
+            f"Pools of {num_candidates} candidates cannot be labelled: the prompt labels candidates A..Z, so a pool "
+            f"holds 2 to {len(CANDIDATE_LABEL_ALPHABET)}; build the data with --num-candidates in that range."
+        )
+    return list(CANDIDATE_LABEL_ALPHABET[:max(num_candidates, len(MODEL_CANDIDATE_LABELS))])
 
 
 def template_words() -> list[str]:

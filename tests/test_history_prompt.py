@@ -7,9 +7,11 @@ from speeder_fixtures import tiny_model, write_planted_dataset
 from transformers import AutoTokenizer
 
 import modeling_speeder.prompt_speeder as prompt_speeder
-from hub_upload.export import BASE_CONFIG_KEYS
+from datasets_builder.build import pool_size
+from hub_upload.export import BASE_CONFIG_KEYS, export_run
 from modeling_speeder import ITEM_TOKEN, SpeederForSequentialRec, SpeederPromptBuilder
 from modeling_speeder.backbones import cache_dir
+from modeling_speeder.prompt_speeder import candidate_labels_for
 from trainer.arguments import SpeederArguments
 from trainer.run import main
 
@@ -132,3 +134,42 @@ def test_trainer_runs_end_to_end_with_one_token_history(tmp_path, monkeypatch):
     assert seen and not any(seen)  # every prompt of training and evaluation had no history indices
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["history_indices"] is False
     assert SpeederArguments(data_dir="unused").history_indices is True
+
+
+def test_candidate_labels_grow_with_the_pool_and_stay_one_token():
+    assert candidate_labels_for(5) == ["A", "B", "C", "D", "E"]
+    assert candidate_labels_for(3) == ["A", "B", "C", "D", "E"]  # smaller pools use the first labels
+    assert candidate_labels_for(20) == list("ABCDEFGHIJKLMNOPQRST")
+    with pytest.raises(ValueError, match="--num-candidates"):
+        candidate_labels_for(27)
+
+
+@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(), reason="SmolLM2 not converted here yet")
+def test_smollm2_reads_every_label_a_to_z_as_one_token():
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
+    tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN]})
+    builder = SpeederPromptBuilder(tokenizer, candidate_labels_for(26))  # raises when a label takes two tokens
+    assert len(set(builder.candidate_label_token_ids)) == 26
+    assert builder.recommendation(history_length=3, num_candidates=26).num_items == 29
+
+
+def test_a_model_trained_on_larger_pools_labels_every_candidate_and_retrieves_that_many(tmp_path, monkeypatch):
+    """Issue 19 item 2: pools of K = 8 train a model with labels A..H; evaluation scores all 8 and recommend without
+    candidates re-ranks 8 retrieved items."""
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    data_dir = write_planted_dataset(tmp_path / "data", num_items=24, num_sequences=60, num_candidates=8)
+    assert pool_size(data_dir) == 8
+    results = main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "run"), "--stages", "1",
+                     "--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
+                     "--num_train_epochs", "1", "--max_train_samples", "8", "--ppt_per_sequence", "0",
+                     "--per_device_train_batch_size", "8", "--report_to", "none", "--bf16", "false",
+                     "--save_strategy", "no", "--eval_strategy", "no", "--eval_generate", "false",
+                     "--max_eval_samples", "4"])
+    assert results["stages"]["1"]["valid"]["num_samples"] == 4
+    scores = [json.loads(line)["scores"] for line in
+              (tmp_path / "run" / "stage1" / "stage_metrics.predictions.jsonl").read_text().splitlines()]
+    assert {len(row) for row in scores} == {8}
+    folder = export_run(tmp_path / "run", tmp_path / "export")
+    model = SpeederForSequentialRec.from_pretrained(folder).eval()
+    assert model.config.candidate_labels == list("ABCDEFGH")
+    assert len(model.recommend(["item0", "item1", "item2"])) == 8

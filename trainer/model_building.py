@@ -6,8 +6,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import set_seed
 
+from datasets_builder.build import pool_size
 from modeling_speeder import ItemFeatureTable
 from modeling_speeder.backbones import build_speeder_model
+from modeling_speeder.prompt_speeder import candidate_labels_for
 
 from .arguments import SpeederArguments
 
@@ -17,7 +19,8 @@ ALIGN_MAX_ITEMS = 8192  # items whose embeddings set the alignment statistics (a
 
 def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, previous_adapter: Path | None,
                 align_modalities: tuple[str, ...] = ()):
-    """The Speeder model (seeded, so every stage rebuilds identical base weights) wrapped with LoRA.
+    """The Speeder model (seeded, so every stage rebuilds identical base weights) wrapped with LoRA; its prompt has one
+    candidate label per candidate of the data's stored pools.
 
     A fresh model (no `previous_adapter`) with `align_modalities` has its item encoder's output aligned to the
     backbone's token embeddings on the items' features of those modalities (`--align_item_embeddings`)."""
@@ -27,6 +30,7 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
         args.backbone,
         attn_implementation=args.attn_implementation,
         modalities=list(features.features),
+        candidate_labels=candidate_labels_for(pool_size(args.data_dir)),
         **args.model_config_kwargs(),
         **sizes,
     )
