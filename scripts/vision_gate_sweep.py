@@ -15,7 +15,13 @@ openness after stage 2. Choose on valid; test is there to be recomputed, not to 
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+# Run as a file (`python scripts/vision_gate_sweep.py`): import from the repository root, not from this folder.
+if __package__ in (None, ""):
+    _ROOT = str(Path(__file__).resolve().parents[1])
+    sys.path[0:1] = [_ROOT] if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent else [_ROOT, sys.path[0]]
 
 from datasets_builder.synthetic import build_vision_check_data
 from trainer.run import main as run
