@@ -1,6 +1,6 @@
 """SASRec (Kang & McAuley, ICDM 2018): causal self-attention over the item history.
 
-Also Speeder's sequential ID encoder E_s: its item-embedding table is the ID modality (PAPER.md, "MRC").
+Also Speeder's sequential ID encoder E_s: its item-embedding table is the ID modality (the paper's MRC module).
 """
 
 from dataclasses import dataclass

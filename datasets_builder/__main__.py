@@ -62,7 +62,7 @@ def _key_value(text: str) -> tuple[str, object]:
 
 
 def _add_sequencing_args(parser: argparse.ArgumentParser):
-    group = parser.add_argument_group("sequencing (PAPER.md 'Data', rules 2-7)")
+    group = parser.add_argument_group("sequencing (the paper's data rules 2-7)")
     group.add_argument("--min-item-interactions", metavar="N", type=_int_at_least(1, "; 1 keeps every item"),
                        default=8, help="item filter, applied once (default 8)")
     group.add_argument("--session-gap", metavar="SECONDS|none", type=_session_gap, default=86400.0,

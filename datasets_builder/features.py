@@ -1,4 +1,4 @@
-"""Frozen per-item features (PAPER.md "MRC"), computed once per built DATA_DIR and cached as safetensors.
+"""Frozen per-item features (the paper's MRC module), computed once per built DATA_DIR and cached as safetensors.
 
 `DATA_DIR/features/{text,vision,id}.safetensors` hold `features` float32 `[num_items, d]` (row = `item_index`) and
 `present` bool `[num_items]`; `{modality}.json` is the manifest (also stored in the safetensors header, which is what

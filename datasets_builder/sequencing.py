@@ -1,4 +1,5 @@
-"""Interactions to sequences, splits, candidate pools and PPT samples: PAPER.md "Data", rules 1-7, and SPAE's PPT.
+"""Interactions to sequences, splits, candidate pools and PPT samples: the paper's data rules 1-7 (arXiv 2511.05885,
+"Data"), and SPAE's PPT.
 
 Every function is deterministic given its inputs (and the numpy `Generator` it is handed).
 """

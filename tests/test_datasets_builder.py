@@ -1,4 +1,4 @@
-"""datasets_builder: readers, PAPER.md "Data" rules 1-7, PPT samples, the build's atomic/resumable output, the CLI."""
+"""datasets_builder: readers, the paper's data rules 1-7, PPT samples, the build's atomic/resumable output, the CLI."""
 
 import gzip
 import json
