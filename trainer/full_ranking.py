@@ -41,11 +41,9 @@ def list_metrics(ranked: list[str], target: str, k: int) -> dict[str, float]:
     }
 
 
-def sasrec_top_lists(model, histories: list[list[str]], top_k: int, exclude_history: bool) -> list[list[str]]:
-    """The SASRec retriever's `top_k` cached items per history, best first."""
-    retriever = model.load_sasrec_retriever()
-    cache = model.item_cache
-    known = torch.tensor([item_id in cache for item_id in retriever.item_ids])
+def sasrec_top_lists(retriever, known: torch.Tensor, histories: list[list[str]], top_k: int,
+                     exclude_history: bool) -> list[list[str]]:
+    """The SASRec `retriever`'s `top_k` items per history, best first, among the `known` `(num_items,)` ones."""
     lists = []
     for history, scores in zip(histories, retriever.score(histories)):
         allowed = known.clone()
@@ -59,11 +57,13 @@ def evaluate_full_ranking(model, rows, item_ids: list[str], num_candidates: int,
                           exclude_history: bool = True, batch_size: int = 16) -> tuple[dict, list[dict]]:
     """Both models' lists and metrics for `rows` (stored split rows: `sequence_id`, `history`, `target` as item
     indices into `item_ids`). Returns (summary, one record per sequence)."""
+    retriever = model.load_sasrec_retriever()
+    known = torch.tensor([item_id in model.item_cache for item_id in retriever.item_ids])  # Speeder can rank them
     records = []
     for start in tqdm(range(0, len(rows), batch_size), desc="full ranking", unit="batch"):
         batch = rows[start:start + batch_size]
         histories = [[item_ids[i] for i in history] for history in batch["history"]]
-        sasrec_lists = sasrec_top_lists(model, histories, top_k, exclude_history)
+        sasrec_lists = sasrec_top_lists(retriever, known, histories, top_k, exclude_history)
         reranked = model.recommend_batch(histories, [ranked[:num_candidates] for ranked in sasrec_lists],
                                          batch_size=batch_size)
         for sequence_id, target, sasrec_list, ranking in zip(batch["sequence_id"], batch["target"], sasrec_lists,
