@@ -383,11 +383,13 @@ class SpeederModel(SpeederPreTrainedModel):
                     )
                 item_embeddings = self.encode_items(text_features, vision_features, id_features, modality_mask)
             if item_rows is not None:  # one row per distinct item, encoded once: one per placeholder from here
-                if item_rows.numel() and not 0 <= int(item_rows.min()) <= int(item_rows.max()) < len(item_embeddings):
-                    raise ValueError(
-                        f"item_rows must index the {len(item_embeddings)} given items, got values in "
-                        f"{int(item_rows.min())}..{int(item_rows.max())}."
-                    )
+                if item_rows.numel():
+                    low, high = torch.stack(torch.aminmax(item_rows)).tolist()  # one host sync
+                    if not 0 <= low <= high < len(item_embeddings):
+                        raise ValueError(
+                            f"item_rows must index the {len(item_embeddings)} given items, got values in "
+                            f"{low}..{high}."
+                        )
                 item_embeddings = item_embeddings[item_rows.to(item_embeddings.device)]
             item_embeddings = self.add_history_positions(item_embeddings, history_positions)
             item_mask = self.get_placeholder_mask(input_ids, item_embeddings)
@@ -819,12 +821,11 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             scores = self.score_candidates(**inputs, num_candidates=max(len(c) for c in candidate_lists)).float().cpu()
         finally:
             self.train(was_training)
-        histories = [history[-self.config.max_history_length:] for history in histories]
         rankings = []
         for history, candidates, row_scores in zip(histories, candidate_lists, scores):
             row_scores = row_scores[: len(candidates)]
             if not torch.isfinite(row_scores).all():
-                items = list(dict.fromkeys(history + candidates))
+                items = list(dict.fromkeys(history[-self.config.max_history_length:] + candidates))
                 finite = torch.isfinite(cache.embeddings[cache.rows_of(items)]).all(dim=-1).tolist()
                 bad = [item for item, ok in zip(items, finite) if not ok]
                 if bad:

@@ -86,6 +86,18 @@ def test_item_count_mismatch_names_both_counts(model_and_tokenizer):
         model(**short)
 
 
+def test_item_rows_outside_the_given_items_name_their_range(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    batch = recommendation_batch(tokenizer, model)
+    num_items = batch["modality_mask"].shape[0]
+    rows = torch.arange(num_items)
+    with torch.no_grad():
+        assert torch.equal(model(**batch, item_rows=rows).logits, model(**batch).logits)
+    rows[-1] = num_items
+    with pytest.raises(ValueError, match=f"index the {num_items} given items, got values in 0..{num_items}"):
+        model(**batch, item_rows=rows)
+
+
 def test_absent_modality_gets_no_gradient_and_does_not_change_output():
     model, tokenizer = tiny_model(gate_type="none")
     batch = recommendation_batch(tokenizer, model)
