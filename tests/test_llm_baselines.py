@@ -8,6 +8,7 @@ from speeder_fixtures import write_planted_dataset
 
 from modeling_speeder import ItemFeatureTable, LlaraPromptBuilder, SpeederProcessor
 from modeling_speeder.backbones import build_speeder_model
+from trainer import llm_baselines
 from trainer.llm_baselines import main, train_llara, zero_shot
 
 
@@ -34,6 +35,25 @@ def test_llara_and_zero_shot_write_paper_metrics(tmp_path):
         metrics = report["test_metrics"]
         assert 0.0 <= metrics["valid_ratio"] <= 1.0 and metrics["num_samples"] == 3  # the whole test split
         assert metrics["vhr@1"] == pytest.approx(metrics["valid_ratio"] * metrics["hr@1"])
+
+
+def test_an_interrupted_llara_run_goes_on_from_its_last_checkpoint(tmp_path, monkeypatch):
+    data_dir = write_planted_dataset(tmp_path / "data", num_sequences=30, modalities=("text", "id"))
+    common = dict(backbone="tiny", max_history=4, max_train_samples=8, max_eval_samples=4, batch_size=4,
+                  output_dir=str(tmp_path / "llara"), save_steps=1)
+    train_llara(data_dir, num_train_epochs=1.0, **common)  # 2 steps: stands for a run stopped at step 2 of 4
+    assert [p.name for p in (tmp_path / "llara").glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed_from = []
+    train = llm_baselines.SpeederSFTTrainer.train
+
+    def recording_train(self, resume_from_checkpoint=None, **kwargs):
+        resumed_from.append(resume_from_checkpoint)
+        return train(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(llm_baselines.SpeederSFTTrainer, "train", recording_train)
+    train_llara(data_dir, num_train_epochs=2.0, **common)
+    assert resumed_from == [str(tmp_path / "llara" / "checkpoint-2")]
+    assert [p.name for p in (tmp_path / "llara").glob("checkpoint-*")] == ["checkpoint-4"]
 
 
 def test_llm_baselines_have_their_command_and_the_baselines_command_names_it(tmp_path, capsys):

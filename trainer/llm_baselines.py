@@ -21,6 +21,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
 
 from datasets_builder.build import load_built_dataset, train_subset
 from metrics import compute_choice_metrics
@@ -91,9 +92,10 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
                 max_train_samples: int | None = None, max_eval_samples: int | None = None, learning_rate: float = 1e-3,
                 batch_size: int = 8, lora_r: int = 8, lora_alpha: int = 16, lora_target_modules: str = "q_proj,v_proj",
                 prefix_min_history: int = 0, num_train_epochs: float = 1.0, output_dir: str | None = None,
-                results_dir: str | None = None) -> dict:
+                results_dir: str | None = None, save_steps: int = 100) -> dict:
     """Trains the LLaRA-style baseline with Speeder's own SFTTrainer setup; writes `llara.json` and its predictions
-    into `results_dir` (default `DATA_DIR/baselines`); checkpoints and logs go to `output_dir`."""
+    into `results_dir` (default `DATA_DIR/baselines`); a checkpoint every `save_steps` steps goes to `output_dir`, and
+    a run interrupted there goes on from its last one."""
     data_dir, started = Path(data_dir), time.time()
     args = SpeederArguments(data_dir=str(data_dir), backbone=backbone, max_history=max_history,
                             drop_modalities="text,vision", use_history_positions=False, gate_type="none",
@@ -115,11 +117,11 @@ def train_llara(data_dir, backbone: str = "smollm2-135m-instruct", max_history: 
     output_dir = output_dir or str(data_dir / "baselines" / "llara_run")
     training_args = SpeederSFTConfig(output_dir=output_dir, per_device_train_batch_size=batch_size,
                                      num_train_epochs=num_train_epochs, learning_rate=learning_rate, seed=seed,
-                                     save_strategy="no",
+                                     save_strategy="steps", save_steps=save_steps, save_total_limit=1,
                                      report_to="none", logging_steps=4)
     trainer = SpeederSFTTrainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
                                 processing_class=tokenizer, speeder_args=args)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None)
     test = _split(data, "test", max_eval_samples)
     choices = generated_choices(model, collator, test, batch_size, "LLaRA-style test")
     metrics = compute_choice_metrics(choices, [int(row["label"]) for row in test])
