@@ -30,6 +30,8 @@ def test_research_runs_every_cell_and_summarises_them(tmp_path):
     assert set(pop["cells"]) == {"data/seed1", "data/seed2"} and pop["paper"]["cells"] == 2
     assert "speeder_minus_paper" in pop["cells"]["data/seed1"]
     assert "speeder_minus_paper" not in summary["models"]["speeder"]["cells"]["data/seed1"]
+    assert summary["models"]["speeder"]["seconds"]["cells"] == pop["seconds"]["cells"] == 2
+    assert summary["models"]["speeder"]["cells"]["data/seed1"]["seconds"] > 0
     results = tmp_path / "results"
     assert (results / "data" / "seed2" / "speeder" / "results.predictions.jsonl").is_file()
     assert (results / "data" / "seed1" / "baselines" / "pop.predictions.jsonl").is_file()

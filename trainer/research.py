@@ -129,19 +129,36 @@ def cell_predictions(cell: Path) -> dict[str, list[dict]]:
     return found
 
 
+def cell_times(cell: Path) -> dict[str, float]:
+    """Seconds each model of one cell took, keyed as `cell_predictions`: Speeder and its ablations the trainer's
+    `train_runtime` summed over their stages (training only); a baseline its whole `wall_time_s`."""
+    times = {}
+    for name, results in [("speeder", cell / "speeder" / "results.json")] + [
+            (f"speeder/{folder.name}", folder / "results.json")
+            for folder in sorted((cell / "speeder" / "ablations").glob("*"))]:
+        if results.is_file():
+            stages = json.loads(results.read_text())["stages"].values()
+            times[name] = sum(stage.get("train_runtime_s") or 0.0 for stage in stages)
+    for path in sorted((cell / "baselines").glob("*.json")):
+        wall_time = json.loads(path.read_text()).get("wall_time_s")
+        if wall_time is not None:
+            times[path.stem] = wall_time
+    return times
+
+
 def summarize(output_dir: Path) -> dict:
     """Per model: test VHR@1 of each cell (paper's pool and extra pools, with intervals), mean and spread over
-    cells, and the paired difference Speeder minus the model per cell."""
+    cells, the paired difference Speeder minus the model per cell, and the seconds it took (`cell_times`)."""
     cells = sorted(p.parent.parent for p in output_dir.glob("*/seed*/speeder/results.json"))
     if not cells:
         raise FileNotFoundError(f"No finished research cell under {output_dir} (expected */seed*/speeder/).")
     models: dict[str, dict] = {}
     for cell in cells:
         cell_name = f"{cell.parent.name}/{cell.name}"
-        predictions = cell_predictions(cell)
+        predictions, times = cell_predictions(cell), cell_times(cell)
         for name, records in predictions.items():
             entry = models.setdefault(name, {"cells": {}})
-            figures = {}
+            figures = {"seconds": times[name]} if name in times else {}
             for pools in ("paper", "extra"):
                 hits = sequence_hits(records, pools)
                 if not hits:
@@ -152,8 +169,9 @@ def summarize(output_dir: Path) -> dict:
                     figures[f"speeder_minus_{pools}"] = paired_difference(speeder_hits, hits)
             entry["cells"][cell_name] = figures
     for entry in models.values():
-        for key in ("paper", "extra", "speeder_minus_paper", "speeder_minus_extra"):
-            values = [cell[key]["mean"] for cell in entry["cells"].values() if key in cell]
+        for key in ("paper", "extra", "speeder_minus_paper", "speeder_minus_extra", "seconds"):
+            values = [cell[key] if key == "seconds" else cell[key]["mean"]
+                      for cell in entry["cells"].values() if key in cell]
             if values:
                 entry[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
                               else 0.0, "min": min(values), "max": max(values), "cells": len(values)}
@@ -167,15 +185,16 @@ def summary_table(summary: dict) -> str:
         return "–" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f} (n={value['cells']})"
 
     lines = ["| model | VHR@1, paper's pool | VHR@1, extra pools | Speeder − model, paper's pool | "
-             "Speeder − model, extra pools | cells where the difference's 95% interval is above 0 |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "Speeder − model, extra pools | cells where the difference's 95% interval is above 0 | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in summary["models"].items():
         above = [c for c, figures in entry["cells"].items()
                  if "speeder_minus_paper" in figures and figures["speeder_minus_paper"]["low"] > 0]
         count = sum(1 for figures in entry["cells"].values() if "speeder_minus_paper" in figures)
+        seconds = f"{entry['seconds']['mean']:,.0f}" if "seconds" in entry else "–"
         lines.append(f"| {name} | {cell(entry, 'paper')} | {cell(entry, 'extra')} | "
                      f"{cell(entry, 'speeder_minus_paper')} | {cell(entry, 'speeder_minus_extra')} | "
-                     f"{f'{len(above)} of {count}' if count else '–'} |")
+                     f"{f'{len(above)} of {count}' if count else '–'} | {seconds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +211,9 @@ def export_results(output_dir: Path, results_dir: Path, summary: dict) -> None:
     write_json_atomically(results_dir / "summary.json", summary)
     (results_dir / "summary.md").write_text(f"# Research runs\n\nCells: {', '.join(summary['cells'])}.\n\n"
                                             "Test VHR@1, mean ± std over cells (each cell: one data split and one "
-                                            "training seed); differences are paired per cell.\n\n"
+                                            "training seed); differences are paired per cell. Seconds, mean over "
+                                            "cells: Speeder's training time summed over its stages, a baseline's "
+                                            "whole run.\n\n"
                                             + summary_table(summary))
 
 
