@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -119,6 +120,12 @@ def write_dataset(data_dir: Path, rows: list[dict], features: dict[str, torch.Te
                   str(data_dir / "features" / f"{modality}.safetensors"))
     (data_dir / "stats.json").write_text(json.dumps({"items": num_items, "sequences": len(rows)}))
     return data_dir
+
+
+def learning_seed(default: int) -> int:
+    """The training seed of a learning test: `default`, or SPEEDER_TEST_SEED, with which
+    `scripts/learning_tests.sh` loops every learning test over other seeds before a change to one lands."""
+    return int(os.environ.get("SPEEDER_TEST_SEED", default))
 
 
 def chance_bound(num_pools: int, num_candidates: int = 5, alpha: float = 1e-3) -> float:

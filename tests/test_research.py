@@ -68,3 +68,20 @@ def test_research_script_runs_every_part_on_the_tiny_config(tmp_path):
     vision = (results / "vision_check" / "report.md").read_text()
     assert "| with vision (stages 1-2) |" in vision and "| without vision (wo_vision) |" in vision
     assert (results / "vision_check" / "ablations" / "wo_vision" / "results.predictions.jsonl").is_file()
+
+
+def test_learning_tests_script_records_every_outcome_per_seed_and_thread_count(tmp_path):
+    cases = tmp_path / "test_cases.py"
+    cases.write_text("import os\n\n\ndef test_passes():\n    pass\n\n\n"
+                     "def test_fails_on_seed_2():\n    assert os.environ['SPEEDER_TEST_SEED'] != '2'\n")
+    env = {**os.environ, "SEEDS": "1,2", "THREADS": "1", "RESULTS": str(tmp_path / "results"), "TESTS": str(cases)}
+    result = subprocess.run(["bash", "scripts/learning_tests.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line.split("\t") for line in (tmp_path / "results" / "outcomes.tsv").read_text().splitlines()[1:]]
+    outcomes = {(case.rsplit("::", 1)[1], seed): outcome for case, threads, seed, outcome, *_ in rows}
+    assert outcomes == {("test_passes", "1"): "passed", ("test_fails_on_seed_2", "1"): "passed",
+                        ("test_passes", "2"): "passed", ("test_fails_on_seed_2", "2"): "failed"}
+    rates = (tmp_path / "results" / "pass_rates.tsv").read_text()
+    assert "test_fails_on_seed_2\t1\t2" in rates and "test_passes\t2\t2" in rates
+    assert "test_fails_on_seed_2" in (tmp_path / "results" / "failures.log").read_text()

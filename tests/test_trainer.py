@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from speeder_fixtures import chance_bound, write_planted_dataset, write_salient_dataset
+from speeder_fixtures import chance_bound, learning_seed, write_planted_dataset, write_salient_dataset
 from safetensors.torch import load_file, save_file
 
 import datasets_builder.features
@@ -159,9 +159,9 @@ def test_training_learns_what_the_item_features_say(tmp_path):
     # LoRA's rate, without a gate: at lr/10, or behind a shut tanh gate, LoRA memorises the 280 training rows
     # (train HR@1 1.0) before the ID offset reaches it, and the test stays at 0.3-0.5
     results = run(data_dir, tmp_path / "run", "--ablation", "wo_stages12", "--gate_type", "none",
-                  "--max_steps", "1000", "--seed", "1", "--ppt_per_sequence", "0", "--learning_rate", "3e-3",
-                  "--item_encoder_learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha", "32",
-                  "--max_eval_samples", "40",
+                  "--max_steps", "1000", "--seed", str(learning_seed(1)), "--ppt_per_sequence", "0",
+                  "--learning_rate", "3e-3", "--item_encoder_learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha",
+                  "32", "--max_eval_samples", "40",
                   "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
     # 1.0 at one and at two threads; the bar is chance's 1-in-1000 binomial bound on the 40 test pools (0.425)
     assert results["test"]["hr@1"] >= chance_bound(results["test"]["num_samples"]), results["test"]
