@@ -111,6 +111,35 @@ def test_the_readme_results_are_the_committed_files_figures():
         assert in_report == [paper_pool], (name, paper_pool, in_report)
 
 
+def test_the_research_figures_are_the_committed_summary_figures():
+    summary = json.loads((REPO / "results" / "research" / "summary.json").read_text())["models"]
+    table = section(DOCS["docs/findings.md"], "Research runs")
+    cell = r" \| ([^|]+?)"
+    rows = re.findall(r"^\| ([\w -]+?)(?:, equal budget.*?)?" + cell * 4 + r" \|", table, re.M)
+    checked = set()
+    for name, paper, extra, minus_paper, minus_extra in rows:
+        model = summary.get(name.lower().replace("-style", ""))
+        if model is None:
+            continue
+        for text, key in ((paper, "paper"), (extra, "extra"), (minus_paper, "speeder_minus_paper"),
+                          (minus_extra, "speeder_minus_extra")):
+            figure = model.get(key)
+            if figure is None or figure["cells"] == 1:
+                continue
+            assert text == f"{figure['mean']:.4f} ± {figure['std']:.4f}", (name, key, text, figure)
+            checked.add(name)
+    assert checked >= {"Speeder", "SASRec", "BERT4Rec", "GRU4Rec", "Pop"}, checked
+    assert "0.4962 | not scored | -0.0902 [-0.1955, 0.0150]" in table
+    llara = summary["llara"]["cells"]["ml-100k/seed42"]
+    assert (f"{llara['paper']['mean']:.4f}", f"{llara['speeder_minus_paper']['low']:.4f}") == ("0.4962", "-0.1955")
+    readme = section(README, "Results of the main job")
+    for name in ("speeder", "sasrec"):
+        figure = summary[name]["paper"]
+        assert f"{figure['mean']:.4f} ± {figure['std']:.4f}" in readme, name
+    speeder_seed42 = summary["speeder"]["cells"]["ml-100k/seed42"]["paper"]["mean"]
+    assert f"reaches {llara['paper']['mean']:.4f} against Speeder's {speeder_seed42:.4f}" in readme
+
+
 @pytest.fixture(scope="module")
 def trainer_flags() -> set[str]:
     result = subprocess.run([sys.executable, "trainer/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
