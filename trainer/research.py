@@ -115,34 +115,32 @@ def _record_time(path: Path, started: float) -> None:
     write_json_atomically(path, {"wall_time_s": round(time.perf_counter() - started, 1)})
 
 
+def cell_metrics_files(cell: Path) -> dict[str, Path]:
+    """The metrics file of every finished model of one cell folder, keyed by model name (`speeder`,
+    `speeder/<ablation>`, and the baselines' names)."""
+    found = {"speeder": cell / "speeder" / "results.json"}
+    found |= {f"speeder/{folder.name}": folder / "results.json"
+              for folder in sorted((cell / "speeder" / "ablations").glob("*"))}
+    found |= {path.stem: path for path in sorted((cell / "baselines").glob("*.json"))}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
 def cell_predictions(cell: Path) -> dict[str, list[dict]]:
-    """Test predictions of every model of one cell folder, keyed by model name (`speeder`, `speeder/<ablation>`,
-    and the baselines' names)."""
-    found = {}
-    if predictions_path(cell / "speeder" / "results.json").is_file():
-        found["speeder"] = read_predictions(predictions_path(cell / "speeder" / "results.json"))
-    for folder in sorted((cell / "speeder" / "ablations").glob("*")):
-        if predictions_path(folder / "results.json").is_file():
-            found[f"speeder/{folder.name}"] = read_predictions(predictions_path(folder / "results.json"))
-    for path in sorted((cell / "baselines").glob("*.predictions.jsonl")):
-        found[path.name.removesuffix(".predictions.jsonl")] = read_predictions(path)
-    return found
+    """Test predictions of every model of one cell folder, keyed as `cell_metrics_files`."""
+    return {name: read_predictions(predictions_path(path)) for name, path in cell_metrics_files(cell).items()
+            if predictions_path(path).is_file()}
 
 
 def cell_times(cell: Path) -> dict[str, float]:
-    """Seconds each model of one cell took, keyed as `cell_predictions`: Speeder and its ablations the trainer's
+    """Seconds each model of one cell took, keyed as `cell_metrics_files`: Speeder and its ablations the trainer's
     `train_runtime` summed over their stages (training only); a baseline its whole `wall_time_s`."""
     times = {}
-    for name, results in [("speeder", cell / "speeder" / "results.json")] + [
-            (f"speeder/{folder.name}", folder / "results.json")
-            for folder in sorted((cell / "speeder" / "ablations").glob("*"))]:
-        if results.is_file():
-            stages = json.loads(results.read_text())["stages"].values()
-            times[name] = sum(stage.get("train_runtime_s") or 0.0 for stage in stages)
-    for path in sorted((cell / "baselines").glob("*.json")):
-        wall_time = json.loads(path.read_text()).get("wall_time_s")
-        if wall_time is not None:
-            times[path.stem] = wall_time
+    for name, path in cell_metrics_files(cell).items():
+        metrics = json.loads(path.read_text())
+        if "stages" in metrics:
+            times[name] = sum(stage.get("train_runtime_s") or 0.0 for stage in metrics["stages"].values())
+        elif metrics.get("wall_time_s") is not None:
+            times[name] = metrics["wall_time_s"]
     return times
 
 
