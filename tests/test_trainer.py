@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 from speeder_fixtures import chance_bound, learning_seed, write_planted_dataset, write_salient_dataset
 from safetensors.torch import load_file, save_file
+from transformers.trainer_utils import get_last_checkpoint
 
 import datasets_builder.features
 import trainer
@@ -106,7 +107,7 @@ def test_frozen_check_detects_a_changed_tensor(data_dir):
 
 
 def test_interrupted_stage_resumes_to_the_same_weights(data_dir, tmp_path, monkeypatch):
-    steps = ["--stages", "1", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    steps = ["--stages", "1", "--max_steps", "4", "--save_steps", "2"]  # the default save_strategy saves by steps
     run(data_dir, tmp_path / "straight", *steps)
 
     original = SpeederSFTTrainer.training_step
@@ -120,6 +121,7 @@ def test_interrupted_stage_resumes_to_the_same_weights(data_dir, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         run(data_dir, tmp_path / "resumed", *steps)
     assert not (tmp_path / "resumed" / "stage1" / "stage_metrics.json").exists()
+    assert get_last_checkpoint(str(tmp_path / "resumed" / "stage1")).endswith("checkpoint-2")
     monkeypatch.setattr(SpeederSFTTrainer, "training_step", original)
     run(data_dir, tmp_path / "resumed", *steps, "--resume", "true")
     straight = load_file(str(tmp_path / "straight" / "stage1" / "adapter" / "adapter_model.safetensors"))
