@@ -22,7 +22,7 @@ from modeling_speeder import (
     PIPELINE_TASK, SpeederForSequentialRec, SpeederRecommendationPipeline, SpeederSASRecRetriever
 )
 from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, item_cache_scores
-from trainer.full_ranking import list_metrics
+from trainer.full_ranking import list_metrics, rerank_bound
 from trainer.full_ranking import main as full_ranking
 from trainer.run import main as train
 
@@ -331,12 +331,22 @@ def test_full_ranking_compares_sasrec_with_sasrec_then_speeder_on_the_same_lists
         assert record["sasrec_speeder"][4:] == expected[4:]
         assert [item_id for item_id, _ in model.recommend(history, expected[:4])] == record["sasrec_speeder"][:4]
         assert record["target"] == item_ids[row["target"]]
-    for name in ("sasrec", "sasrec_speeder"):
+        target_first = record["target"] in expected[:4]
+        assert record["rerank_bound"][0] == record["target"] if target_first else record["rerank_bound"] == expected
+        assert sorted(record["rerank_bound"]) == sorted(expected)
+    for name in ("sasrec", "sasrec_speeder", "rerank_bound"):
         for metric in ("hr@1", "recall@6", "ndcg@6"):
             values = [list_metrics(r[name], r["target"], 6)[metric] for r in records]
             assert summary[name][metric]["mean"] == pytest.approx(sum(values) / len(values))
     assert summary["difference"]["recall@6"]["mean"] == 0.0  # re-ranking inside the list keeps its items
+    assert summary["rerank_bound"]["ndcg@6"]["mean"] >= summary["sasrec_speeder"]["ndcg@6"]["mean"]
     assert "SASRec → Speeder" in result["table"]
+
+
+def test_rerank_bound_moves_the_target_first_only_from_the_reranked_items():
+    assert rerank_bound(["a", "b", "c", "d"], "c", 3) == ["c", "a", "b", "d"]
+    assert rerank_bound(["a", "b", "c", "d"], "d", 3) == ["a", "b", "c", "d"]  # below the re-ranked items
+    assert rerank_bound(["a", "b", "c", "d"], "x", 3) == ["a", "b", "c", "d"]
 
 
 def test_full_ranking_names_a_folder_without_sasrec_and_a_pool_too_large(exported, tmp_path):

@@ -8,8 +8,9 @@ For every sequence of the split, the folder's SASRec retriever (`retriever_sasre
 `--keep-history`) and its top-`top_k` list is SASRec's answer. SASRec → Speeder keeps that list but lets Speeder
 re-rank its first `num_candidates` items in one forward pass (the pool size Speeder was trained on). Both lists are
 scored against the sequence's next item: HR@1, Recall@k and NDCG@k (one relevant item, so Recall@k = HR@k), each
-with a bootstrap interval over sequences and a paired interval of the difference. The JSON holds every sequence's
-two lists, so any figure can be recomputed.
+with a bootstrap interval over sequences and a paired interval of the difference. A third list bounds what any
+re-ranker of those `num_candidates` items can reach: SASRec's with the target moved first whenever it is among them.
+The JSON holds every sequence's lists, so any figure can be recomputed.
 """
 
 import argparse
@@ -27,8 +28,9 @@ from modeling_speeder.retrieval_speeder import top_rows
 
 from .run import run_cli
 
-MODELS = ("sasrec", "sasrec_speeder")
-MODEL_NAMES = {"sasrec": "SASRec", "sasrec_speeder": "SASRec → Speeder"}
+MODELS = ("sasrec", "sasrec_speeder", "rerank_bound")
+MODEL_NAMES = {"sasrec": "SASRec", "sasrec_speeder": "SASRec → Speeder",
+               "rerank_bound": "bound: SASRec with the target moved first when re-ranked"}
 
 
 def list_metrics(ranked: list[str], target: str, k: int) -> dict[str, float]:
@@ -39,6 +41,14 @@ def list_metrics(ranked: list[str], target: str, k: int) -> dict[str, float]:
         f"recall@{k}": float(rank is not None),
         f"ndcg@{k}": 0.0 if rank is None else 1.0 / math.log2(rank + 2),
     }
+
+
+def rerank_bound(ranked: list[str], target: str, num_candidates: int) -> list[str]:
+    """`ranked` as a perfect re-ranker of its first `num_candidates` items leaves it: the target first when it is
+    among them, else unchanged."""
+    if target not in ranked[:num_candidates]:
+        return ranked
+    return [target] + [item_id for item_id in ranked if item_id != target]
 
 
 def sasrec_top_lists(retriever, known: torch.Tensor, histories: list[list[str]], top_k: int,
@@ -69,7 +79,8 @@ def evaluate_full_ranking(model, rows, item_ids: list[str], num_candidates: int,
         for sequence_id, target, sasrec_list, ranking in zip(batch["sequence_id"], batch["target"], sasrec_lists,
                                                               reranked):
             speeder_list = [item_id for item_id, _ in ranking] + sasrec_list[num_candidates:]
-            lists = {"sasrec": sasrec_list, "sasrec_speeder": speeder_list}
+            lists = {"sasrec": sasrec_list, "sasrec_speeder": speeder_list,
+                     "rerank_bound": rerank_bound(sasrec_list, item_ids[target], num_candidates)}
             records.append({"sequence_id": int(sequence_id), "target": item_ids[target], **lists,
                             "metrics": {name: list_metrics(ranked, item_ids[target], top_k)
                                         for name, ranked in lists.items()}})
