@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from speeder_fixtures import write_planted_dataset
 
-from trainer.research import ResearchArguments
+from metrics.predictions import write_predictions
+from trainer.research import ResearchArguments, summarize, summary_markdown
 from trainer.research import main as research
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,34 @@ def test_research_runs_every_cell_and_summarises_them(tmp_path):
     finished = (tmp_path / "out" / "data" / "seed1" / "speeder" / "results.json").stat().st_mtime_ns
     research(argv)  # a rerun reuses every finished run
     assert (tmp_path / "out" / "data" / "seed1" / "speeder" / "results.json").stat().st_mtime_ns == finished
+
+
+def write_cell(cell: Path, hits: dict[str, list[int]]) -> None:
+    """A finished research cell whose models answer right (1) or wrong (0) on each sequence's paper's pool."""
+    for name, answers in hits.items():
+        metrics = cell / "speeder" / "results.json" if name == "speeder" else cell / "baselines" / f"{name}.json"
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps({"wall_time_s": 1.0}))
+        write_predictions(metrics.with_name(f"{metrics.stem}.predictions.jsonl"), [
+            {"sequence_id": i, "pool": 0, "candidates": [1, 2], "label": 0, "scores": None, "answer": 1 - hit}
+            for i, hit in enumerate(answers)])
+
+
+def test_summary_gives_each_data_folder_its_own_mean_over_seeds(tmp_path):
+    write_cell(tmp_path / "split42" / "seed1", {"speeder": [1, 1, 0, 0], "pop": [1, 0, 0, 0]})
+    write_cell(tmp_path / "split42" / "seed2", {"speeder": [1, 1, 1, 1], "pop": [1, 1, 0, 0]})
+    write_cell(tmp_path / "split7" / "seed1", {"speeder": [0, 0, 0, 0], "pop": [1, 1, 1, 0]})
+    summary = summarize(tmp_path)
+    assert summary["splits"] == ["split42", "split7"]
+    speeder, pop = summary["models"]["speeder"], summary["models"]["pop"]
+    assert speeder["splits"]["split42"]["paper"]["mean"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2
+    assert speeder["splits"]["split42"]["paper"]["cells"] == 2
+    assert speeder["splits"]["split7"]["paper"]["mean"] == 0.0
+    assert speeder["paper"]["mean"] == pytest.approx(0.5) and speeder["paper"]["cells"] == 3  # every cell
+    assert pop["splits"]["split7"]["speeder_minus_paper"]["mean"] == pytest.approx(-0.75)
+    markdown = summary_markdown(summary)
+    assert "## Data folder `split42`" in markdown and "## Data folder `split7`" in markdown
+    assert "| speeder | 0.7500 ± 0.3536 (n=2) |" in markdown and "| speeder | 0.0000 ± 0.0000 (n=1) |" in markdown
 
 
 def test_research_names_bad_inputs(tmp_path):

@@ -144,9 +144,24 @@ def cell_times(cell: Path) -> dict[str, float]:
     return times
 
 
+SUMMARY_KEYS = ("paper", "extra", "speeder_minus_paper", "speeder_minus_extra", "seconds")
+
+
+def spread(cells: dict[str, dict]) -> dict:
+    """Mean, std, min and max over `cells` (cell name -> figures) of each `SUMMARY_KEYS` figure they hold."""
+    out = {}
+    for key in SUMMARY_KEYS:
+        values = [cell[key] if key == "seconds" else cell[key]["mean"] for cell in cells.values() if key in cell]
+        if values:
+            out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
+                        else 0.0, "min": min(values), "max": max(values), "cells": len(values)}
+    return out
+
+
 def summarize(output_dir: Path) -> dict:
-    """Per model: test VHR@1 of each cell (paper's pool and extra pools, with intervals), mean and spread over
-    cells, the paired difference Speeder minus the model per cell, and the seconds it took (`cell_times`)."""
+    """Per model: test VHR@1 of each cell (paper's pool and extra pools, with intervals), the paired difference
+    Speeder minus the model per cell, and the seconds it took (`cell_times`); their mean and spread over every cell
+    and, under `splits`, over the cells of each data folder (one split: its training seeds)."""
     cells = sorted(p.parent.parent for p in output_dir.glob("*/seed*/speeder/results.json"))
     if not cells:
         raise FileNotFoundError(f"No finished research cell under {output_dir} (expected */seed*/speeder/).")
@@ -166,34 +181,49 @@ def summarize(output_dir: Path) -> dict:
                 if name != "speeder" and speeder_hits and set(speeder_hits) == set(hits):
                     figures[f"speeder_minus_{pools}"] = paired_difference(speeder_hits, hits)
             entry["cells"][cell_name] = figures
+    splits = sorted({cell.parent.name for cell in cells})
     for entry in models.values():
-        for key in ("paper", "extra", "speeder_minus_paper", "speeder_minus_extra", "seconds"):
-            values = [cell[key] if key == "seconds" else cell[key]["mean"]
-                      for cell in entry["cells"].values() if key in cell]
-            if values:
-                entry[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1
-                              else 0.0, "min": min(values), "max": max(values), "cells": len(values)}
-    return {"cells": [f"{c.parent.name}/{c.name}" for c in cells], "models": models}
+        entry.update(spread(entry["cells"]))
+        entry["splits"] = {split: spread({name: figures for name, figures in entry["cells"].items()
+                                          if name.split("/")[0] == split}) for split in splits}
+    return {"cells": [f"{c.parent.name}/{c.name}" for c in cells], "splits": splits, "models": models}
 
 
-def summary_table(summary: dict) -> str:
-    """Markdown: per model, mean ± std over cells of VHR@1 and of Speeder minus the model, paper's pool and extra."""
-    def cell(entry, key):
-        value = entry.get(key)
+def summary_table(summary: dict, split: str | None = None) -> str:
+    """Markdown: per model, mean ± std over cells (every cell, or those of data folder `split`) of VHR@1 and of
+    Speeder minus the model, paper's pool and extra pools."""
+    def cell(figures, key):
+        value = figures.get(key)
         return "–" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f} (n={value['cells']})"
 
     lines = ["| model | VHR@1, paper's pool | VHR@1, extra pools | Speeder − model, paper's pool | "
              "Speeder − model, extra pools | cells where the difference's 95% interval is above 0 | seconds |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in summary["models"].items():
-        above = [c for c, figures in entry["cells"].items()
-                 if "speeder_minus_paper" in figures and figures["speeder_minus_paper"]["low"] > 0]
-        count = sum(1 for figures in entry["cells"].values() if "speeder_minus_paper" in figures)
-        seconds = f"{entry['seconds']['mean']:,.0f}" if "seconds" in entry else "–"
-        lines.append(f"| {name} | {cell(entry, 'paper')} | {cell(entry, 'extra')} | "
-                     f"{cell(entry, 'speeder_minus_paper')} | {cell(entry, 'speeder_minus_extra')} | "
+        figures = entry if split is None else entry["splits"].get(split, {})
+        cells = {c: f for c, f in entry["cells"].items() if split is None or c.split("/")[0] == split}
+        if not cells:
+            continue
+        above = [c for c, f in cells.items() if "speeder_minus_paper" in f and f["speeder_minus_paper"]["low"] > 0]
+        count = sum(1 for f in cells.values() if "speeder_minus_paper" in f)
+        seconds = f"{figures['seconds']['mean']:,.0f}" if "seconds" in figures else "–"
+        lines.append(f"| {name} | {cell(figures, 'paper')} | {cell(figures, 'extra')} | "
+                     f"{cell(figures, 'speeder_minus_paper')} | {cell(figures, 'speeder_minus_extra')} | "
                      f"{f'{len(above)} of {count}' if count else '–'} | {seconds} |")
     return "\n".join(lines) + "\n"
+
+
+def summary_markdown(summary: dict) -> str:
+    """summary.md: a table per data folder (its training seeds), then one over every cell."""
+    parts = [f"# Research runs\n\nCells: {', '.join(summary['cells'])}.\n\n"
+             "Test VHR@1, mean ± std over cells (each cell: one data split and one training seed); differences are "
+             "paired per cell. Seconds, mean over cells: Speeder's training time summed over its stages, a baseline's "
+             "whole run.\n"]
+    for split in summary["splits"]:
+        parts.append(f"\n## Data folder `{split}`\n\n" + summary_table(summary, split))
+    if len(summary["splits"]) > 1:
+        parts.append("\n## Every cell\n\n" + summary_table(summary))
+    return "".join(parts)
 
 
 def export_results(output_dir: Path, results_dir: Path, summary: dict) -> None:
@@ -207,12 +237,7 @@ def export_results(output_dir: Path, results_dir: Path, summary: dict) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
     write_json_atomically(results_dir / "summary.json", summary)
-    (results_dir / "summary.md").write_text(f"# Research runs\n\nCells: {', '.join(summary['cells'])}.\n\n"
-                                            "Test VHR@1, mean ± std over cells (each cell: one data split and one "
-                                            "training seed); differences are paired per cell. Seconds, mean over "
-                                            "cells: Speeder's training time summed over its stages, a baseline's "
-                                            "whole run.\n\n"
-                                            + summary_table(summary))
+    (results_dir / "summary.md").write_text(summary_markdown(summary))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -232,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
             run_one(data_dir, seed, args, training_args, research, output_dir / data_dir.name / f"seed{seed}")
     summary = summarize(output_dir)
     export_results(output_dir, Path(research.results_dir), summary)
-    print(summary_table(summary))
+    print(summary_markdown(summary))
     return summary
 
 
