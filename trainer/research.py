@@ -25,7 +25,7 @@ from trl import TrlParser
 
 from baselines.trainer import MODELS, train_baseline
 from metrics.predictions import bootstrap_interval, paired_difference, predictions_path, read_predictions, sequence_hits
-from modeling_speeder.file_utils import write_json_atomically
+from modeling_speeder.file_utils import write_json_atomically, write_text_atomically
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.curriculum import train_stages
 from trainer.llm_baselines import train_llara
@@ -147,6 +147,11 @@ def cell_times(cell: Path) -> dict[str, float]:
 SUMMARY_KEYS = ("paper", "extra", "speeder_minus_paper", "speeder_minus_extra", "seconds")
 
 
+def data_folder(cell_name: str) -> str:
+    """The data folder (one split) of a cell named `<data folder>/seed<S>`."""
+    return cell_name.split("/")[0]
+
+
 def spread(cells: dict[str, dict]) -> dict:
     """Mean, std, min and max over `cells` (cell name -> figures) of each `SUMMARY_KEYS` figure they hold."""
     out = {}
@@ -165,9 +170,9 @@ def summarize(output_dir: Path) -> dict:
     cells = sorted(p.parent.parent for p in output_dir.glob("*/seed*/speeder/results.json"))
     if not cells:
         raise FileNotFoundError(f"No finished research cell under {output_dir} (expected */seed*/speeder/).")
+    cell_names = [f"{cell.parent.name}/{cell.name}" for cell in cells]
     models: dict[str, dict] = {}
-    for cell in cells:
-        cell_name = f"{cell.parent.name}/{cell.name}"
+    for cell, cell_name in zip(cells, cell_names):
         predictions, times = cell_predictions(cell), cell_times(cell)
         for name, records in predictions.items():
             entry = models.setdefault(name, {"cells": {}})
@@ -181,12 +186,12 @@ def summarize(output_dir: Path) -> dict:
                 if name != "speeder" and speeder_hits and set(speeder_hits) == set(hits):
                     figures[f"speeder_minus_{pools}"] = paired_difference(speeder_hits, hits)
             entry["cells"][cell_name] = figures
-    splits = sorted({cell.parent.name for cell in cells})
+    splits = sorted({data_folder(name) for name in cell_names})
     for entry in models.values():
         entry.update(spread(entry["cells"]))
         entry["splits"] = {split: spread({name: figures for name, figures in entry["cells"].items()
-                                          if name.split("/")[0] == split}) for split in splits}
-    return {"cells": [f"{c.parent.name}/{c.name}" for c in cells], "splits": splits, "models": models}
+                                          if data_folder(name) == split}) for split in splits}
+    return {"cells": cell_names, "splits": splits, "models": models}
 
 
 def summary_table(summary: dict, split: str | None = None) -> str:
@@ -201,7 +206,7 @@ def summary_table(summary: dict, split: str | None = None) -> str:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in summary["models"].items():
         figures = entry if split is None else entry["splits"].get(split, {})
-        cells = {c: f for c, f in entry["cells"].items() if split is None or c.split("/")[0] == split}
+        cells = {c: f for c, f in entry["cells"].items() if split is None or data_folder(c) == split}
         if not cells:
             continue
         above = [c for c, f in cells.items() if "speeder_minus_paper" in f and f["speeder_minus_paper"]["low"] > 0]
@@ -237,7 +242,7 @@ def export_results(output_dir: Path, results_dir: Path, summary: dict) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
     write_json_atomically(results_dir / "summary.json", summary)
-    (results_dir / "summary.md").write_text(summary_markdown(summary))
+    write_text_atomically(results_dir / "summary.md", summary_markdown(summary))
 
 
 def main(argv: list[str] | None = None) -> dict:
