@@ -113,3 +113,22 @@ def paired_difference(hits_a: dict[int, float], hits_b: dict[int, float], num_re
                          "same split and pools.")
     keys = sorted(hits_a)
     return bootstrap_interval([hits_a[k] - hits_b[k] for k in keys], num_resamples, seed, confidence)
+
+
+def mean_paired_difference(pairs: list[tuple[dict[int, float], dict[int, float]]],
+                           num_resamples: int = NUM_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
+    """Mean over runs of A minus B (one `(hits_a, hits_b)` pair per run, e.g. per training seed, all on the same
+    sequences) with a bootstrap interval that resamples sequences alike for every run: the interval of a mean over
+    seeds, paired per sequence. Adds `"runs"`, the number of pairs.
+
+    Raises ValueError when the runs were not evaluated on the same sequences."""
+    if not pairs:
+        raise ValueError("No runs to compare: pass at least one (hits_a, hits_b) pair.")
+    keys = set(pairs[0][0])
+    for hits_a, hits_b in pairs:
+        if set(hits_a) != keys or set(hits_b) != keys:
+            raise ValueError("The runs cover different sequences: a mean over runs needs every run evaluated on the "
+                             "same split and pools.")
+    keys = sorted(keys)
+    per_sequence = [sum(a[k] - b[k] for a, b in pairs) / len(pairs) for k in keys]
+    return bootstrap_interval(per_sequence, num_resamples, seed, confidence) | {"runs": len(pairs)}

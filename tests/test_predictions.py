@@ -14,6 +14,7 @@ from metrics import compute_ranking_metrics
 from metrics.predictions import (
     answers_from_scores,
     bootstrap_interval,
+    mean_paired_difference,
     paired_difference,
     prediction_rows,
     predictions_path,
@@ -73,6 +74,21 @@ def test_paired_difference_is_paired_and_refuses_other_sequences():
     assert difference["low"] > 0 and difference["mean"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="different sequences"):
         paired_difference(a, {i: 1.0 for i in range(1, 201)})
+
+
+def test_mean_paired_difference_averages_runs_and_resamples_sequences_alike():
+    base = {i: float(i % 2) for i in range(200)}
+    plus_half = {i: 1.0 for i in range(200)}  # +0.5 on average against base
+    mean = mean_paired_difference([(plus_half, base), (base, base)])
+    assert mean["mean"] == pytest.approx(0.25) and mean["runs"] == 2 and mean["n"] == 200
+    assert 0 < mean["low"] < 0.25 < mean["high"]
+    # a run and its mirror cancel per sequence: every sequence's mean difference is 0, so no spread at all
+    assert mean_paired_difference([(plus_half, base), (base, plus_half)]) == {
+        "mean": 0.0, "low": 0.0, "high": 0.0, "n": 200, "runs": 2}
+    with pytest.raises(ValueError, match="different sequences"):
+        mean_paired_difference([(plus_half, base), ({i: 1.0 for i in range(1, 201)}, base)])
+    with pytest.raises(ValueError, match="at least one"):
+        mean_paired_difference([])
 
 
 def test_one_pass_evaluation_answers_as_greedy_generation_would():

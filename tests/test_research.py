@@ -68,6 +68,9 @@ def test_summary_gives_each_data_folder_its_own_mean_over_seeds(tmp_path):
     assert speeder["splits"]["split7"]["paper"]["mean"] == 0.0
     assert speeder["paper"]["mean"] == pytest.approx(0.5) and speeder["paper"]["cells"] == 3  # every cell
     assert pop["splits"]["split7"]["speeder_minus_paper"]["mean"] == pytest.approx(-0.75)
+    pooled = pop["splits"]["split42"]["speeder_minus_paper_interval"]  # mean over seeds, paired per sequence
+    assert pooled["mean"] == pytest.approx((0.25 + 0.5) / 2) and pooled["runs"] == 2 and pooled["n"] == 4
+    assert pooled["low"] <= pooled["mean"] <= pooled["high"]
     markdown = summary_markdown(summary)
     assert "## Data folder `split42`" in markdown and "## Data folder `split7`" in markdown
     assert "| speeder | 0.7500 ± 0.3536 (n=2) |" in markdown and "| speeder | 0.0000 ± 0.0000 (n=1) |" in markdown

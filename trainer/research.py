@@ -15,6 +15,7 @@ summary) are copied to `--results_dir`, to be committed. A mistake in the inputs
 
 import copy
 import json
+from collections import defaultdict
 import shutil
 import statistics
 import time
@@ -24,7 +25,8 @@ from pathlib import Path
 from trl import TrlParser
 
 from baselines.trainer import MODELS, train_baseline
-from metrics.predictions import bootstrap_interval, paired_difference, predictions_path, read_predictions, sequence_hits
+from metrics.predictions import (bootstrap_interval, mean_paired_difference, paired_difference, predictions_path,
+                                 read_predictions, sequence_hits)
 from modeling_speeder.file_utils import write_json_atomically, write_text_atomically
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.curriculum import train_stages
@@ -172,6 +174,7 @@ def summarize(output_dir: Path) -> dict:
         raise FileNotFoundError(f"No finished research cell under {output_dir} (expected */seed*/speeder/).")
     cell_names = [f"{cell.parent.name}/{cell.name}" for cell in cells]
     models: dict[str, dict] = {}
+    pairs: dict[tuple[str, str, str], list] = defaultdict(list)  # (model, data folder, pools) -> per-cell hits
     for cell, cell_name in zip(cells, cell_names):
         predictions, times = cell_predictions(cell), cell_times(cell)
         for name, records in predictions.items():
@@ -185,25 +188,38 @@ def summarize(output_dir: Path) -> dict:
                 speeder_hits = sequence_hits(predictions.get("speeder", []), pools)
                 if name != "speeder" and speeder_hits and set(speeder_hits) == set(hits):
                     figures[f"speeder_minus_{pools}"] = paired_difference(speeder_hits, hits)
+                    pairs[name, data_folder(cell_name), pools].append((speeder_hits, hits))
             entry["cells"][cell_name] = figures
     splits = sorted({data_folder(name) for name in cell_names})
-    for entry in models.values():
+    for name, entry in models.items():
         entry.update(spread(entry["cells"]))
-        entry["splits"] = {split: spread({name: figures for name, figures in entry["cells"].items()
-                                          if data_folder(name) == split}) for split in splits}
+        entry["splits"] = {split: spread({cell: figures for cell, figures in entry["cells"].items()
+                                          if data_folder(cell) == split}) for split in splits}
+        for split in splits:
+            for pools in ("paper", "extra"):
+                if pairs.get((name, split, pools)):
+                    entry["splits"][split][f"speeder_minus_{pools}_interval"] = mean_paired_difference(
+                        pairs[name, split, pools])
     return {"cells": cell_names, "splits": splits, "models": models}
 
 
 def summary_table(summary: dict, split: str | None = None) -> str:
     """Markdown: per model, mean ± std over cells (every cell, or those of data folder `split`) of VHR@1 and of
-    Speeder minus the model, paper's pool and extra pools."""
+    Speeder minus the model, paper's pool and extra pools; for one data folder also the 95% interval of the mean
+    difference over its seeds (paired per test sequence, `mean_paired_difference`)."""
     def cell(figures, key):
         value = figures.get(key)
         return "–" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f} (n={value['cells']})"
 
+    def interval(figures, key):
+        value = figures.get(key)
+        return "–" if value is None else f"{value['mean']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]"
+
+    pooled = ("| Speeder − model, mean over seeds with 95% interval, paper's pool | the same, extra pools "
+              if split else "")
     lines = ["| model | VHR@1, paper's pool | VHR@1, extra pools | Speeder − model, paper's pool | "
-             "Speeder − model, extra pools | cells where the difference's 95% interval is above 0 | seconds |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"Speeder − model, extra pools {pooled}| cells where the difference's 95% interval is above 0 | seconds |",
+             "| --- " * (9 if split else 7) + "|"]
     for name, entry in summary["models"].items():
         figures = entry if split is None else entry["splits"].get(split, {})
         cells = {c: f for c, f in entry["cells"].items() if split is None or data_folder(c) == split}
@@ -214,7 +230,9 @@ def summary_table(summary: dict, split: str | None = None) -> str:
         seconds = f"{figures['seconds']['mean']:,.0f}" if "seconds" in figures else "–"
         lines.append(f"| {name} | {cell(figures, 'paper')} | {cell(figures, 'extra')} | "
                      f"{cell(figures, 'speeder_minus_paper')} | {cell(figures, 'speeder_minus_extra')} | "
-                     f"{f'{len(above)} of {count}' if count else '–'} | {seconds} |")
+                     + (f"{interval(figures, 'speeder_minus_paper_interval')} | "
+                        f"{interval(figures, 'speeder_minus_extra_interval')} | " if split else "")
+                     + f"{f'{len(above)} of {count}' if count else '–'} | {seconds} |")
     return "\n".join(lines) + "\n"
 
 
