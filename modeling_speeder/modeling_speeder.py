@@ -342,6 +342,39 @@ class SpeederModel(SpeederPreTrainedModel):
             )
         return item_mask.unsqueeze(-1)
 
+    def splice_items(
+        self,
+        input_ids: torch.LongTensor,
+        inputs_embeds: torch.FloatTensor,
+        item_embeddings: torch.FloatTensor | None = None,
+        text_features: torch.FloatTensor | None = None,
+        vision_features: torch.FloatTensor | None = None,
+        id_features: torch.FloatTensor | None = None,
+        modality_mask: torch.BoolTensor | None = None,
+        history_positions: torch.LongTensor | None = None,
+        item_rows: torch.LongTensor | None = None,
+    ) -> tuple[torch.FloatTensor, torch.FloatTensor]:
+        """`inputs_embeds` `(batch, seq_len, hidden)` with one item embedding per `<item>` placeholder (encoded from
+        the features unless `item_embeddings` is given, PPL added to history items), and those item embeddings."""
+        if item_embeddings is None:
+            if all(f is None for f in (text_features, vision_features, id_features)):
+                raise ValueError(
+                    "The prompts hold <item> tokens but no items were given: pass item_embeddings or "
+                    "text_features / vision_features / id_features with modality_mask."
+                )
+            item_embeddings = self.encode_items(text_features, vision_features, id_features, modality_mask)
+        if item_rows is not None:  # one row per distinct item, encoded once: one per placeholder from here
+            if item_rows.numel():
+                low, high = torch.stack(torch.aminmax(item_rows)).tolist()  # one host sync
+                if not 0 <= low <= high < len(item_embeddings):
+                    raise ValueError(
+                        f"item_rows must index the {len(item_embeddings)} given items, got values in {low}..{high}."
+                    )
+            item_embeddings = item_embeddings[item_rows.to(item_embeddings.device)]
+        item_embeddings = self.add_history_positions(item_embeddings, history_positions)
+        item_mask = self.get_placeholder_mask(input_ids, item_embeddings)
+        return inputs_embeds.masked_scatter(item_mask, item_embeddings.to(inputs_embeds.dtype)), item_embeddings
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -375,25 +408,10 @@ class SpeederModel(SpeederPreTrainedModel):
         decoding = cache is not None and cache.get_seq_length() > 0
         has_items = has_items and not (decoding and all(x is None for x in item_inputs))
         if has_items:
-            if item_embeddings is None:
-                if all(f is None for f in (text_features, vision_features, id_features)):
-                    raise ValueError(
-                        "The prompts hold <item> tokens but no items were given: pass item_embeddings or "
-                        "text_features / vision_features / id_features with modality_mask."
-                    )
-                item_embeddings = self.encode_items(text_features, vision_features, id_features, modality_mask)
-            if item_rows is not None:  # one row per distinct item, encoded once: one per placeholder from here
-                if item_rows.numel():
-                    low, high = torch.stack(torch.aminmax(item_rows)).tolist()  # one host sync
-                    if not 0 <= low <= high < len(item_embeddings):
-                        raise ValueError(
-                            f"item_rows must index the {len(item_embeddings)} given items, got values in "
-                            f"{low}..{high}."
-                        )
-                item_embeddings = item_embeddings[item_rows.to(item_embeddings.device)]
-            item_embeddings = self.add_history_positions(item_embeddings, history_positions)
-            item_mask = self.get_placeholder_mask(input_ids, item_embeddings)
-            inputs_embeds = inputs_embeds.masked_scatter(item_mask, item_embeddings.to(inputs_embeds.dtype))
+            inputs_embeds, item_embeddings = self.splice_items(
+                input_ids, inputs_embeds, item_embeddings, text_features, vision_features, id_features,
+                modality_mask, history_positions, item_rows,
+            )
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -588,22 +606,56 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             item_embeddings=outputs.item_embeddings,
         )
 
+    def _grouped_hidden_states(self, input_ids, attention_mask, group_size: int, last, item_inputs):
+        """Hidden states `(batch, seq_len - offset, hidden)` and `offset`: the longest prefix that every group of
+        `group_size` consecutive rows shares (same tokens, mask and spliced embeddings) runs once per group, and its
+        key/value cache, repeated over the group's rows, serves the rest of each row."""
+        batch, length = input_ids.shape
+        if batch % group_size:
+            raise ValueError(f"group_size {group_size} must divide the batch size, got {batch} rows.")
+        inputs_embeds = self.model.get_input_embeddings()(input_ids)
+        if bool((input_ids == self.config.item_token_id).any()):
+            inputs_embeds, _ = self.model.splice_items(input_ids, inputs_embeds, **item_inputs)
+        embeds = inputs_embeds.view(batch // group_size, group_size, length, -1)
+        masks = attention_mask.view(batch // group_size, group_size, length)
+        same = (embeds == embeds[:, :1]).all(-1).all(1) & (masks == masks[:, :1]).all(1)  # (groups, seq_len)
+        shared = min(int(same.long().cumprod(-1).sum(-1).min()), int(last.min()))  # every answer lies after it
+        if shared == 0:
+            return self.model.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                              use_cache=False)[0], 0
+        prefix = self.model.language_model(inputs_embeds=embeds[:, 0, :shared], attention_mask=masks[:, 0, :shared],
+                                           use_cache=True)
+        cache = getattr(prefix, CACHE_NAME)
+        cache.batch_repeat_interleave(group_size)
+        rest = self.model.language_model(inputs_embeds=inputs_embeds[:, shared:], attention_mask=attention_mask,
+                                         use_cache=True, **{CACHE_NAME: cache})
+        return rest[0], shared
+
     @torch.no_grad()
     def answer_logits(
         self,
         input_ids: torch.LongTensor,
         token_ids: list[int] | None = None,
         attention_mask: torch.Tensor | None = None,
+        group_size: int = 1,
         **item_inputs,
     ) -> torch.Tensor:
         """Logits at each prompt's last real token (the answer position), from one forward pass that projects only
         that position: `(batch, len(token_ids))` for the given answer tokens, or `(batch, vocab_size)` when
-        `token_ids` is None (its argmax is the greedy answer). Left or right padding both work."""
+        `token_ids` is None (its argmax is the greedy answer). Left or right padding both work.
+
+        `group_size > 1`: the rows come in consecutive groups of that many (e.g. one history with several candidate
+        pools, left-padded); the prefix the groups share is computed once per group and the logits are the same."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **item_inputs)[0]
         last = attention_mask.shape[1] - 1 - attention_mask.flip(-1).long().argmax(-1)
-        answer_states = hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last]
+        if group_size > 1:
+            hidden_states, offset = self._grouped_hidden_states(input_ids, attention_mask, group_size, last, item_inputs)
+        else:
+            hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                       **item_inputs)[0]
+            offset = 0
+        answer_states = hidden_states[torch.arange(hidden_states.shape[0], device=last.device), last - offset]
         if token_ids is None:
             return self.lm_head(answer_states)
         weights = self.lm_head.weight[torch.tensor(token_ids, device=answer_states.device)]

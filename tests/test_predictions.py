@@ -23,7 +23,11 @@ from metrics.predictions import (
     write_predictions,
 )
 from trainer.collator import ItemFeatureTable, SpeederCollator
-from trainer.evaluation import evaluate_recommendation
+from types import SimpleNamespace
+
+from datasets import Dataset, DatasetDict
+
+from trainer.evaluation import evaluate_recommendation, evaluate_split
 
 NAN = float("nan")
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +129,64 @@ def test_one_pass_evaluation_answers_as_greedy_generation_would():
     assert metrics["vhr@1"] == pytest.approx(hits / len(rows))
     assert metrics["valid_ratio"] == pytest.approx(sum(a >= 0 for a in generated) / len(rows))
     assert all(len(r["scores"]) == 5 and all(math.isfinite(s) for s in r["scores"]) for r in records)
+
+
+def _pools_of_three_histories(num_pools: int = 4) -> list[dict]:
+    """Pool 0 (the paper's) then pools 1.. of each of three sequences, with different history lengths."""
+    return [{"sequence_id": s, "pool": p, "history": list(range(s, s + 2 + 2 * s)),
+             "candidates": [(7 + 3 * p + j + s) % 20 for j in range(5)], "label": (s + p) % 5}
+            for s in range(3) for p in range(num_pools)]
+
+
+def test_a_shared_history_prefix_runs_once_per_sequence_and_gives_the_same_logits():
+    model, tokenizer = tiny_model(seed=4, gate_bias_init=1.0)
+    model.eval()
+    features = ItemFeatureTable(
+        {m: torch.randn(20, TINY_MODEL_KWARGS[f"{m}_feature_size"]) for m in ("text", "vision", "id")},
+        {m: torch.ones(20, dtype=torch.bool) for m in ("text", "vision", "id")},
+    )
+    collator = SpeederCollator(model.prompt_builder(tokenizer), features, ("text", "vision", "id"), max_history=8,
+                               with_answer=False, padding_side="left")
+    batch = collator(_pools_of_three_histories())
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        one_pass = model.answer_logits(**batch)
+        shared = model.answer_logits(**batch, group_size=4)
+    finally:
+        hook.remove()
+    length = batch["input_ids"].shape[1]
+    assert seen[0] == (12, length)  # one pass over every row
+    (groups, prefix), (rows, rest) = seen[1:]
+    assert (groups, rows) == (3, 12) and prefix + rest == length and prefix > length // 2  # the history, once
+    torch.testing.assert_close(shared, one_pass, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="group_size 5 must divide"):
+        model.answer_logits(**batch, group_size=5)
+
+
+def test_evaluate_split_scores_each_sequence_with_its_extra_pools_as_one_pass_each_would(tmp_path):
+    model, tokenizer = tiny_model(seed=5, gate_bias_init=1.0)
+    features = ItemFeatureTable(
+        {m: torch.randn(20, TINY_MODEL_KWARGS[f"{m}_feature_size"]) for m in ("text", "vision", "id")},
+        {m: torch.ones(20, dtype=torch.bool) for m in ("text", "vision", "id")},
+    )
+    collator = SpeederCollator(model.prompt_builder(tokenizer), features, ("text", "vision", "id"), max_history=8)
+    pools = _pools_of_three_histories()
+    paper = [{k: v for k, v in row.items() if k != "pool"} for row in pools if row["pool"] == 0]
+    extra = [row for row in pools if row["pool"] > 0][::-1]  # stored in another order than the paper's pools
+    data = DatasetDict({"test": Dataset.from_list(paper), "test_pools": Dataset.from_list(extra)})
+    args = SimpleNamespace(eval_batch_size=8, max_eval_samples=None, eval_generate=True)
+    metrics = evaluate_split(model, collator, data, "test", args, tmp_path / "results.predictions.jsonl", "test")
+    alone, _ = evaluate_recommendation(model, collator, paper, batch_size=8)
+    alone_extra, _ = evaluate_recommendation(model, collator, extra, batch_size=8)
+    for key in ("hr@3", "ndcg@5", "vhr@1", "valid_ratio"):
+        assert metrics[key] == pytest.approx(alone[key], abs=1e-6), key
+        assert metrics["extra_pools"][key] == pytest.approx(alone_extra[key], abs=1e-6), key
+    assert metrics["extra_pools"]["num_samples"] == 9 and metrics["num_samples"] == 3
+    records = read_predictions(tmp_path / "results.predictions.jsonl")
+    assert [(r["sequence_id"], r["pool"]) for r in records[:3]] == [(0, 0), (1, 0), (2, 0)]  # the paper's first
+    assert sorted((r["sequence_id"], r["pool"]) for r in records) == sorted((r["sequence_id"], r["pool"]) for r in pools)
 
 
 def test_compare_runs_pairs_two_runs_on_the_same_pools(tmp_path):
