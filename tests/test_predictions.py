@@ -203,3 +203,21 @@ def test_compare_runs_pairs_two_runs_on_the_same_pools(tmp_path):
     comparison = json.loads(out.read_text())
     assert comparison["paper"]["a"]["mean"] == 1.0 and comparison["paper"]["b"]["mean"] == 0.5
     assert comparison["extra"]["a_minus_b"]["mean"] == 0.5 and comparison["extra"]["a_minus_b"]["low"] > 0
+
+
+def test_compare_runs_averages_pairs_of_runs_over_the_same_pools(tmp_path):
+    samples = [{"sequence_id": s, "pool": 0, "candidates": [1, 2], "label": 0} for s in range(40)]
+    runs = {"a1": [0] * 40, "b1": [1] * 40, "a2": [0] * 40, "b2": [0] * 40}  # A wins every pool, then ties
+    for name, answers in runs.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "stage3_metrics.json").write_text("{}")  # a results folder's flat layout
+        write_predictions(folder / "stage3_metrics.predictions.jsonl", prediction_rows(samples, answers))
+    out = tmp_path / "seeds.json"
+    result = subprocess.run([sys.executable, "scripts/compare_runs.py", str(tmp_path / "a1"), str(tmp_path / "b1"),
+                             "--pair", str(tmp_path / "a2"), str(tmp_path / "b2"), "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    comparison = json.loads(out.read_text())
+    assert [pair["paper"]["a_minus_b"]["mean"] for pair in comparison["pairs"]] == [1.0, 0.0]
+    assert comparison["mean_over_pairs"]["paper"] == {"mean": 0.5, "low": 0.5, "high": 0.5, "n": 40, "runs": 2}
