@@ -13,7 +13,7 @@ from trainer.run import main as run
 
 TINY = ["--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
         "--per_device_train_batch_size", "8", "--report_to", "none", "--eval_generate", "false",
-        "--max_eval_samples", "8", "--max_steps", "1", "--save_strategy", "no"]
+        "--max_eval_samples", "8", "--max_steps", "1", "--save_strategy", "no", "--bf16", "false"]
 
 
 def test_ablations_and_report_show_every_row(tmp_path):
@@ -38,6 +38,8 @@ def test_ablations_and_report_show_every_row(tmp_path):
     report = write_report(["--run", str(tmp_path / "run"), "--phases", str(phases)]).read_text()
     assert "| 1. Data | 1 min 15 s |" in report and "| total | 10 min 10 s |" in report
     assert "AMX (native bf16)" in report
+    assert results["finished_on"]["bf16"] is False  # tests run in fp32; the run records where it ran, and how
+    assert f"Run finished on: {results['finished_on']['machine']}; bf16 autocast off (fp32)." in report
     assert "| SASRec | 0.5000 | 1.0000 | 0.5000 | 0.7000 |" in report
     assert "### Intervals" in report
     assert "| stage | id gate | vision gate |" in report  # the run's tanh gates, measured after each stage

@@ -1,6 +1,8 @@
 """Command-line / YAML arguments of `trainer/run.py`: Speeder's own, and TRL's `SFTConfig` with CPU-safe defaults."""
 
+import platform
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 from trl import SFTConfig
@@ -172,6 +174,19 @@ def cpu_has_native_bf16() -> bool:
     them bf16 is emulated and slower."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check and check())
+
+
+def machine_description() -> str:
+    """CPU model, logical CPUs torch uses, and whether bf16 runs natively (AMX): what a wall time depends on."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{model}, {torch.get_num_threads()} torch threads, AMX (native bf16) "
+            f"{'yes' if cpu_has_native_bf16() else 'no'}, {gpu}, torch {torch.__version__}")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from metrics.predictions import predictions_path
 from modeling_speeder import ItemFeatureTable, SpeederProcessor
 from modeling_speeder.file_utils import write_json_atomically
 
-from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTConfig
+from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTConfig, machine_description
 from .callbacks import NonFiniteGradientCallback
 from .training_data import load_features, modalities_in_data, training_rows
 from .evaluation import evaluate_ppt, evaluate_split
@@ -127,7 +127,8 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
         test = evaluate_split(model, collator, data, "test", args, predictions_path(run_dir / "results.json"),
                               desc="test")
         results = {"stages": {str(k): v for k, v in stage_metrics.items()}, "test": test, "final_stage": last,
-                   "config": args.to_dict()}
+                   "config": args.to_dict(),
+                   "finished_on": {"machine": machine_description(), "bf16": bool(training_args.bf16)}}
         write_json_atomically(run_dir / "results.json", results)
         (run_dir / "results.md").write_text(results_table(results))
         print(results_table(results))

@@ -31,7 +31,7 @@ from metrics.predictions import (  # noqa: E402
 )
 from modeling_speeder.file_utils import write_json_atomically  # noqa: E402
 
-from .arguments import cpu_has_native_bf16  # noqa: E402
+from .arguments import machine_description  # noqa: E402
 
 RESULT_COLUMNS = ("hr@1", "valid_ratio", "vhr@1", "ndcg@5")
 
@@ -116,7 +116,7 @@ def collect(run_dir: Path) -> dict:
         if ablation is not None:
             ablations[folder.name] = ablation["test"]
     return {"results": results, "models": models, "ablations": ablations, "stats": _read(data_dir / "stats.json"),
-            "data_dir": str(data_dir), "predictions": predictions}
+            "data_dir": str(data_dir), "predictions": predictions, "finished_on": results.get("finished_on")}
 
 
 def collect_vision_check(run_dir: Path) -> dict[str, dict]:
@@ -205,19 +205,6 @@ def plot_models(models: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def machine_description() -> str:
-    """CPU model, logical CPUs torch uses, and whether bf16 runs natively (AMX): what a wall time depends on."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{model}, {torch.get_num_threads()} torch threads, AMX (native bf16) "
-            f"{'yes' if cpu_has_native_bf16() else 'no'}, {gpu}, torch {torch.__version__}")
-
-
 def phase_table(path: Path) -> str:
     """The main job's phases and their wall times from `scripts/demo.sh`'s `phases.tsv`."""
     rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
@@ -238,6 +225,9 @@ def write_report(
     lines = [f"# Speeder results: `{run_dir}`", "",
              f"Machine: {machine_description()}, {platform.system()}; "
              f"data: `{found['data_dir']}`.", ""]
+    if found.get("finished_on"):  # where the run's last stage and its test evaluation ran
+        run = found["finished_on"]
+        lines += [f"Run finished on: {run['machine']}; bf16 autocast {'on' if run['bf16'] else 'off (fp32)'}.", ""]
     if phases is not None and phases.is_file():
         lines += ["## Wall time of the main job", "", phase_table(phases)]
     stats = found["stats"] or {}
