@@ -128,6 +128,15 @@ def learning_seed(default: int) -> int:
     return int(os.environ.get("SPEEDER_TEST_SEED", default))
 
 
+def learning_bf16() -> str:
+    """`--bf16` of a learning test that trains an LLM: "false" (fp32, as CI runs), or SPEEDER_TEST_BF16, with which
+    `scripts/learning_tests.sh` loops them with bf16 autocast on where the CPU has AMX."""
+    value = os.environ.get("SPEEDER_TEST_BF16", "false").lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"SPEEDER_TEST_BF16 must be 'true' or 'false', got {value!r}.")
+    return value
+
+
 def chance_bound(num_pools: int, num_candidates: int = 5, alpha: float = 1e-3) -> float:
     """The HR@1 that a model answering at random reaches with probability below `alpha` on `num_pools` independent
     pools of `num_candidates`: the smallest k / n with P(Binomial(n, 1 / m) >= k) <= alpha. A learning test asserts

@@ -105,15 +105,21 @@ def test_research_script_runs_every_part_on_the_tiny_config(tmp_path):
 def test_learning_tests_script_records_every_outcome_per_seed_and_thread_count(tmp_path):
     cases = tmp_path / "test_cases.py"
     cases.write_text("import os\n\n\ndef test_passes():\n    pass\n\n\n"
-                     "def test_fails_on_seed_2():\n    assert os.environ['SPEEDER_TEST_SEED'] != '2'\n")
-    env = {**os.environ, "SEEDS": "1,2", "THREADS": "1", "RESULTS": str(tmp_path / "results"), "TESTS": str(cases)}
+                     "def test_fails_on_seed_2():\n    assert os.environ['SPEEDER_TEST_SEED'] != '2'\n\n\n"
+                     "def test_fails_in_bf16():\n    assert os.environ['SPEEDER_TEST_BF16'] == 'false'\n")
+    env = {**os.environ, "SEEDS": "1,2", "THREADS": "1", "BF16": "false,true", "RESULTS": str(tmp_path / "results"),
+           "TESTS": str(cases)}
     result = subprocess.run(["bash", "scripts/learning_tests.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = [line.split("\t") for line in (tmp_path / "results" / "outcomes.tsv").read_text().splitlines()[1:]]
-    outcomes = {(case.rsplit("::", 1)[1], seed): outcome for case, threads, seed, outcome, *_ in rows}
-    assert outcomes == {("test_passes", "1"): "passed", ("test_fails_on_seed_2", "1"): "passed",
-                        ("test_passes", "2"): "passed", ("test_fails_on_seed_2", "2"): "failed"}
+    outcomes = {(case.rsplit("::", 1)[1], seed, bf16): outcome for case, threads, seed, outcome, _, _, bf16 in rows}
+    for bf16 in ("false", "true"):
+        assert outcomes[("test_passes", "1", bf16)] == outcomes[("test_passes", "2", bf16)] == "passed"
+        assert outcomes[("test_fails_on_seed_2", "1", bf16)] == "passed"
+        assert outcomes[("test_fails_on_seed_2", "2", bf16)] == "failed"
+    assert [outcomes[("test_fails_in_bf16", seed, bf16)] for bf16 in ("false", "true") for seed in "12"] == [
+        "passed", "passed", "failed", "failed"]
     rates = (tmp_path / "results" / "pass_rates.tsv").read_text()
-    assert "test_fails_on_seed_2\t1\t2" in rates and "test_passes\t2\t2" in rates
+    assert "test_fails_on_seed_2\t2\t4" in rates and "test_passes\t4\t4" in rates and "test_fails_in_bf16\t2\t4" in rates
     assert "test_fails_on_seed_2" in (tmp_path / "results" / "failures.log").read_text()

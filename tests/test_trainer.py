@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from speeder_fixtures import chance_bound, learning_seed, write_planted_dataset, write_salient_dataset
+from speeder_fixtures import chance_bound, learning_bf16, learning_seed, write_planted_dataset, write_salient_dataset
 from safetensors.torch import load_file, save_file
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -164,7 +164,8 @@ def test_training_learns_what_the_item_features_say(tmp_path):
                   "--max_steps", "1000", "--seed", str(learning_seed(1)), "--ppt_per_sequence", "0",
                   "--learning_rate", "3e-3", "--item_encoder_learning_rate", "3e-3", "--lora_r", "16", "--lora_alpha",
                   "32", "--max_eval_samples", "40",
-                  "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+                  "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                  "--bf16", learning_bf16())
     # 1.0 at one and at two threads; the bar is chance's 1-in-1000 binomial bound on the 40 test pools (0.425)
     assert results["test"]["hr@1"] >= chance_bound(results["test"]["num_samples"]), results["test"]
 

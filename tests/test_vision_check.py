@@ -8,7 +8,7 @@ bound and the run without vision by a paired bootstrap interval (over test seque
 
 from pathlib import Path
 
-from speeder_fixtures import chance_bound, learning_seed
+from speeder_fixtures import chance_bound, learning_bf16, learning_seed
 
 from datasets_builder.synthetic import build_vision_check_data
 from metrics.predictions import paired_difference, predictions_path, read_predictions, sequence_hits
@@ -21,7 +21,8 @@ SEED = str(learning_seed(42))  # the config's seed
 
 def test_speeder_with_vision_beats_speeder_without(tmp_path):
     data = build_vision_check_data(tmp_path)
-    common = ["--config", str(CONFIG), "--data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--seed", SEED]
+    common = ["--config", str(CONFIG), "--data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--seed", SEED,
+              "--bf16", learning_bf16()]
 
     with_vision = run(common)
     without_vision = run_ablations([*common, "--ablations", "wo_vision"])["wo_vision"]
