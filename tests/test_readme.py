@@ -147,6 +147,21 @@ def test_the_research_figures_are_the_committed_summary_figures():
     assert f"reaches {llara['paper']['mean']:.4f} against Speeder's {speeder_seed42:.4f}" in readme
 
 
+def test_the_ablation_table_is_the_committed_summary():
+    models = json.loads((REPO / "results" / "research" / "summary.json").read_text())["models"]
+    table = section(DOCS["docs/findings.md"], "Ablations (Table 3)")
+    interval = r"(-?[\d.]+ \[-?[\d.]+, -?[\d.]+\])"
+    rows = re.findall(rf"^\| `(\w+)` \| [^|]+ \| {interval} \| {interval} \| {interval} \| {interval} \|$", table,
+                      re.M)
+    assert rows, "no ablation rows in docs/findings.md's Table 3"
+    for name, paper, minus_paper, extra, minus_extra in rows:
+        cell = models[f"speeder/{name}"]["cells"]["ml-100k/seed42"]
+        for text, key in ((paper, "paper"), (minus_paper, "speeder_minus_paper"), (extra, "extra"),
+                          (minus_extra, "speeder_minus_extra")):
+            figure = cell[key]
+            assert text == f"{figure['mean']:.4f} [{figure['low']:.4f}, {figure['high']:.4f}]", (name, key, text)
+
+
 @pytest.fixture(scope="module")
 def trainer_flags() -> set[str]:
     result = subprocess.run([sys.executable, "trainer/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
