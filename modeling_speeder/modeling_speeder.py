@@ -178,7 +178,7 @@ class SpeederItemEncoder(nn.Module):
     ) -> torch.Tensor:
         """features: modality → `(num_items, feature_size)` or None; modality_mask `(num_items, 3)` bool in the order
         `("text", "vision", "id")`; `open_gates` passes gated modalities through unchanged, as a fully open gate
-        would. Returns `(num_items, hidden_size)`."""
+        would. Returns `(num_items, hidden_size)` in the weights' dtype, also under autocast."""
         present = torch.stack([modality_mask[:, MODALITIES.index(m)] for m in self.modalities], dim=1).bool()
         if not present.any(dim=1).all():
             missing = (~present.any(dim=1)).nonzero().flatten().tolist()
@@ -186,26 +186,30 @@ class SpeederItemEncoder(nn.Module):
                 f"Items at placeholder positions {missing[:10]} have none of the model's modalities "
                 f"{self.modalities} present: every item needs at least one."
             )
-        tokens = []
-        for slot, modality in enumerate(self.modalities):
-            feature = features.get(modality)
-            if feature is None:
-                if present[:, slot].any():
-                    raise ValueError(f"modality_mask marks {modality!r} present but no {modality}_features were given.")
-                feature = torch.zeros(
-                    present.shape[0], self.adapters[modality].in_features, device=present.device,
-                    dtype=self.adapters[modality].weight.dtype,
-                )
-            token = self.adapt(modality, feature)
-            if modality in self.gates and not open_gates:
-                token = self.gates[modality](token)
-            tokens.append(token)
-        hidden_states = torch.stack(tokens, dim=1)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, present)
-        weights = present.unsqueeze(-1).to(hidden_states.dtype)
-        pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
-        return self.output_adapter(pooled)
+        # full precision under autocast: the encoder is cheap, and its gates and adapters learn unreliably in bf16
+        with torch.autocast(present.device.type, enabled=False):
+            tokens = []
+            for slot, modality in enumerate(self.modalities):
+                feature = features.get(modality)
+                if feature is None:
+                    if present[:, slot].any():
+                        raise ValueError(
+                            f"modality_mask marks {modality!r} present but no {modality}_features were given."
+                        )
+                    feature = torch.zeros(
+                        present.shape[0], self.adapters[modality].in_features, device=present.device,
+                        dtype=self.adapters[modality].weight.dtype,
+                    )
+                token = self.adapt(modality, feature)
+                if modality in self.gates and not open_gates:
+                    token = self.gates[modality](token)
+                tokens.append(token)
+            hidden_states = torch.stack(tokens, dim=1)
+            for layer in self.layers:
+                hidden_states = layer(hidden_states, present)
+            weights = present.unsqueeze(-1).to(hidden_states.dtype)
+            pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1)
+            return self.output_adapter(pooled)
 
 
 class SpeederPreTrainedModel(PreTrainedModel):

@@ -73,7 +73,7 @@ def write_planted_dataset(
     return write_dataset(data_dir, rows, features, seed)
 
 
-def write_salient_dataset(data_dir: Path, num_items: int = 40, num_sequences: int = 400, history_length: int = 6,
+def write_salient_dataset(data_dir: Path, num_items: int = 40, num_sequences: int = 1000, history_length: int = 6,
                           seed: int = 0) -> Path:
     """A data set whose targets are always "liked" items (half of them) and whose negatives never are; only the ID
     features tell the two apart (a +2 offset on every dimension). A model that reads its items learns it fast."""
@@ -130,7 +130,7 @@ def learning_seed(default: int) -> int:
 
 def learning_bf16() -> str:
     """`--bf16` of a learning test that trains an LLM: "false" (fp32, as CI runs), or SPEEDER_TEST_BF16, with which
-    `scripts/learning_tests.sh` loops them with bf16 autocast on where the CPU has AMX."""
+    `scripts/learning_tests.sh` loops them with bf16 autocast on as well."""
     value = os.environ.get("SPEEDER_TEST_BF16", "false").lower()
     if value not in ("true", "false"):
         raise ValueError(f"SPEEDER_TEST_BF16 must be 'true' or 'false', got {value!r}.")

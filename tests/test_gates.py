@@ -46,3 +46,15 @@ def test_openness_leaves_out_absent_modalities_and_reads_a_trained_model():
     peft_like = type("Wrapped", (), {"get_base_model": lambda self: model})()
     openness = gate_openness(peft_like, features, ("text", "id"), seed=0)
     assert openness == {"id": pytest.approx(math.tanh(0.2), abs=1e-6)}
+
+
+def test_items_encode_in_full_precision_under_bf16_autocast():
+    model, _ = tiny_model(gate_type="tanh", gate_bias_init=0.1)
+    inputs = item_inputs(30, seed=2)
+    expected = model.model.encode_items(**inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoded = model.model.encode_items(**inputs)
+        in_bf16 = torch.nn.functional.linear(expected, torch.eye(expected.shape[1]))  # autocast is on: a plain layer gives bf16
+    assert in_bf16.dtype == torch.bfloat16
+    assert encoded.dtype == torch.float32
+    torch.testing.assert_close(encoded, expected, rtol=0, atol=0)
