@@ -154,7 +154,7 @@ def test_the_ablation_table_is_the_committed_summary():
     rows = re.findall(rf"^\| `(\w+)` \| [^|]+ \| {interval} \| {interval} \| {interval} \| {interval} \|$", table,
                       re.M)
     names = {name for name, *_ in rows}
-    assert names >= {"wo_ppt", "wo_ppl", "gate_none", "wo_stage1"}, names
+    assert names >= {"wo_ppt", "wo_ppl", "gate_none", "wo_stage1", "wo_spae", "gate_relu"}, names
     for name, paper, minus_paper, extra, minus_extra in rows:
         cell = models[f"speeder/{name}"]["cells"]["ml-100k/seed42"]
         for text, key in ((paper, "paper"), (minus_paper, "speeder_minus_paper"), (extra, "extra"),
