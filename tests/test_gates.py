@@ -54,7 +54,7 @@ def test_items_encode_in_full_precision_under_bf16_autocast():
     expected = model.model.encode_items(**inputs)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         encoded = model.model.encode_items(**inputs)
-        in_bf16 = torch.nn.functional.linear(expected, torch.eye(expected.shape[1]))  # autocast is on: a plain layer gives bf16
-    assert in_bf16.dtype == torch.bfloat16
+        outside_the_encoder = torch.nn.functional.linear(expected, torch.eye(expected.shape[1]))
+    assert outside_the_encoder.dtype == torch.bfloat16  # autocast really is on around the encoder
     assert encoded.dtype == torch.float32
     torch.testing.assert_close(encoded, expected, rtol=0, atol=0)
