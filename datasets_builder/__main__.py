@@ -1,9 +1,11 @@
-"""Command line: `python -m datasets_builder {build,features,movielens,synthetic} ...` (`--help` on each).
+"""Command line: `python -m datasets_builder {build,features,movielens,retrieved-pools,synthetic} ...` (`--help` on
+each).
 
-    build      raw files -> DATA_DIR (items/, sequences/, stats.json)
-    features   DATA_DIR -> DATA_DIR/features/{text,vision,id}.safetensors
-    movielens  build + features on the offline MovieLens-100K (from the recbole wheel) in one command
-    synthetic  write the generated image-dependent data set (Amazon 2018 format + PNG images) to RAW_DIR
+    build            raw files -> DATA_DIR (items/, sequences/, stats.json)
+    features         DATA_DIR -> DATA_DIR/features/{text,vision,id}.safetensors
+    movielens        build + features on the offline MovieLens-100K (from the recbole wheel) in one command
+    retrieved-pools  DATA_DIR -> POOLS_DIR: the same rows with pools of SASRec-retrieved negatives (hard negatives)
+    synthetic        write the generated image-dependent data set (Amazon 2018 format + PNG images) to RAW_DIR
 
 Every step is resumable (a rerun with the same settings and inputs is skipped) and atomic.
 """
@@ -19,6 +21,7 @@ import yaml
 from .build import DEFAULT_ENCODERS, BuildConfig, build_dataset, movielens_config
 from .features import compute_item_features
 from .readers import FORMATS
+from .retrieved_pools import write_retrieved_pools
 from .synthetic import SyntheticConfig, generate_synthetic_dataset
 
 
@@ -192,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sequencing_args(movielens)
     _add_feature_args(movielens, vision_default="none")
 
+    pools = commands.add_parser("retrieved-pools",
+                                help="DATA_DIR -> POOLS_DIR with pools of SASRec-retrieved negatives")
+    pools.add_argument("data_dir", metavar="DATA_DIR", help="a built DATA_DIR with its features")
+    pools.add_argument("--out", required=True, metavar="POOLS_DIR")
+    pools.add_argument("--num-candidates", metavar="K", default=20,
+                       type=_int_at_least(2, "; the target and a negative"),
+                       help="pool size: the target plus K-1 retrieved negatives (default 20)")
+    pools.add_argument("--seed", type=int, default=42, help="seed of the candidates' order (default 42)")
+
     synthetic = commands.add_parser("synthetic", help="write the generated image-dependent raw data set")
     synthetic.add_argument("--out", required=True, metavar="RAW_DIR")
     for field in dataclasses.fields(SyntheticConfig):
@@ -232,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             stats = build_dataset(movielens_config(**_sequencing_kwargs(args)), args.out, force=args.force)
             _print_build(stats, args.out)
             _compute_features(args.out, args)
+        elif args.command == "retrieved-pools":
+            stats = write_retrieved_pools(args.data_dir, args.out, args.num_candidates, args.seed)
+            print(f"{args.out}: pools of {args.num_candidates} with SASRec's negatives; the target is in SASRec's top "
+                  f"{args.num_candidates} for {json.dumps(stats['retrieved_pools']['target_in_retriever_top_k'])} of "
+                  "the rows")
         elif args.command == "synthetic":
             values = {field.name: getattr(args, field.name) for field in dataclasses.fields(SyntheticConfig)}
             try:

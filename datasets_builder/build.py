@@ -58,8 +58,9 @@ DEFAULT_ENCODERS = {"text": "all-MiniLM-L6-v2", "vision": "efficientnet-lite0", 
 BUILD_OUTPUTS = ("items", "sequences", "image_urls.tsv")  # what a build writes into DATA_DIR, besides BUILD_MARKER
 BUILD_MARKER = "stats.json"
 # Files a folder this package wrote may hold: Arrow tables with their JSON state (`save_to_disk`, and the cache files
-# a later `map` adds) and generated PNG images; `tmp*` files are what an interrupted `map` leaves.
-OUTPUT_FILE_SUFFIXES = (".arrow", ".json", ".png")
+# a later `map` adds), generated PNG images and (retrieved pools' copy of) feature files; `tmp*` files are what an
+# interrupted `map` leaves.
+OUTPUT_FILE_SUFFIXES = (".arrow", ".json", ".png", ".safetensors")
 BUILD_VERSION = 2  # bump when the build's output changes for the same config, so old outputs are rebuilt
 ITEM_FEATURES = Features(
     {
@@ -529,6 +530,17 @@ def load_built_dataset(data_dir: str | os.PathLike) -> tuple[DatasetDict, Datase
             )
     stats = json.loads((data_dir / "stats.json").read_text())
     return load_from_disk(str(data_dir / "sequences")), load_from_disk(str(data_dir / "items")), stats
+
+
+def stored_user_items(sequences) -> dict[str, set[int]]:
+    """Per user id, every item in a history or target of the stored train, valid and test rows."""
+    items: dict[str, set[int]] = {}
+    for split in SPLIT_NAMES:
+        if split in sequences:
+            for user, history, target in zip(sequences[split]["user_id"], sequences[split]["history"],
+                                              sequences[split]["target"]):
+                items.setdefault(str(user), set()).update(history, [target])
+    return items
 
 
 def pool_size(data_dir: str | os.PathLike) -> int:

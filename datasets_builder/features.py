@@ -30,6 +30,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -411,6 +412,19 @@ def _id_features(data_dir: Path, sequences, num_items: int, seed: int, kwargs: d
         seen[target] = True
     counts = {"not_in_train": int((~seen).sum()), "test_metrics": dict(getattr(result, "test_metrics", {}) or {})}
     return features, torch.ones(num_items, dtype=torch.bool), counts
+
+
+def train_id_sasrec(data_dir: str | os.PathLike) -> tuple[baselines.BaselineResult, int, dict]:
+    """SASRec trained on DATA_DIR as its ID features were: the seed and options their manifest records, else the
+    defaults (seed 42). Returns `(result, seed, options)`; the report and predictions `train_baseline` writes go to a
+    scratch folder, not into DATA_DIR."""
+    manifest = read_feature_manifest(Path(data_dir) / "features" / "id.safetensors")
+    options = dict(manifest["key"]["options"]) if manifest and manifest["key"].get("kind") == "sasrec" else {}
+    seed = options.pop("seed", 42)
+    options.setdefault("show_progress", False)
+    with tempfile.TemporaryDirectory() as scratch:
+        result = baselines.train_baseline("sasrec", data_dir, seed=seed, output_dir=scratch, **options)
+    return result, seed, options
 
 
 def feature_data_fingerprint(modality: str, items, stats: dict) -> str | None:

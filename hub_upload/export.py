@@ -29,9 +29,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from baselines import train_baseline
 from datasets_builder.build import load_built_dataset
-from datasets_builder.features import read_feature_manifest
+from datasets_builder.features import read_feature_manifest, train_id_sasrec
 from modeling_speeder import SpeederProcessor, app_speeder, pipeline_speeder
 from modeling_speeder.file_utils import write_json_atomically
 from modeling_speeder.modeling_speeder import ITEM_CACHE_FILE, ITEM_TABLE_FILE, SpeederItemCache
@@ -266,12 +265,7 @@ def train_sasrec_retriever(data_dir: str | os.PathLike, items, features) -> tupl
     """SASRec trained on `data_dir` as its ID features were (the seed and options their manifest records, else the
     defaults), as the export's `"sasrec"` retriever, and a note of it: options, test metrics on the stored pools, and
     whether its item table equals the ID features (then it is the very encoder of Speeder's ID modality)."""
-    manifest = read_feature_manifest(Path(data_dir) / "features" / "id.safetensors")
-    options = dict(manifest["key"]["options"]) if manifest and manifest["key"].get("kind") == "sasrec" else {}
-    seed = options.pop("seed", 42)
-    options.setdefault("show_progress", False)
-    with tempfile.TemporaryDirectory() as scratch:  # train_baseline writes a report and predictions there
-        result = train_baseline("sasrec", data_dir, seed=seed, output_dir=scratch, **options)
+    result, seed, options = train_id_sasrec(data_dir)
     columns = items.select_columns(["item_index", "item_id"]).to_dict()
     id_of = dict(zip(columns["item_index"], columns["item_id"]))
     retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), [str(id_of[i]) for i in range(len(id_of))])

@@ -20,7 +20,7 @@ from datasets_builder import (BuildConfig, SyntheticConfig, build_dataset, compu
                               generate_synthetic_dataset)
 from datasets_builder.build import load_built_dataset, train_subset
 from metrics import compute_choice_metrics, compute_ranking_metrics
-from modeling_speeder import IGNORE_INDEX, ItemFeatureTable, SpeederProcessor
+from modeling_speeder import IGNORE_INDEX, SpeederProcessor
 from trainer.arguments import ABLATIONS, SpeederArguments, SpeederSFTConfig
 from trainer.callbacks import NonFiniteTrainingError
 from trainer.training_data import history_prefix_rows, load_features, training_rows
@@ -263,31 +263,6 @@ def test_history_prefixes_become_targets_among_the_rows_own_negatives():
     assert history_prefix_rows(rows, 3, seed=0)["label"] == prefixes["label"]  # seeded
     args = SpeederArguments(data_dir="unused", prefix_min_history=3, ppt_per_sequence=0.0).resolved()
     assert len(training_rows({"train": rows}, args, seed=0, max_samples=None)) == 2 + 3
-
-
-def test_retrieved_negatives_are_the_closest_items_the_user_never_had():
-    """Issue 19 item 2: hard negatives ranked by ID-feature cosine to the history's mean, never an item the user has
-    in any stored row, the target kept at a seeded slot; valid and test keep their stored pools."""
-    id_features = torch.zeros(8, 4)
-    id_features[[0, 3, 4], [0, 2, 3]] = 1.0
-    id_features[1, 1] = id_features[2, 2] = 1.0
-    id_features[5, :2] = id_features[6, :2] = 1.0  # both as close as can be to the history (items 0 and 1)
-    id_features[7, 0] = 1.0  # next closest
-    row = {"user_id": "u", "history": [0, 1], "target": 2, "candidates": [3, 2, 4], "label": 1}
-    sequences = {"train": Dataset.from_list([row]),
-                 "valid": Dataset.from_list([{**row, "history": [0, 6], "candidates": [6, 3, 4], "label": 0}])}
-    features = ItemFeatureTable({"id": id_features}, {"id": torch.ones(8, dtype=torch.bool)})
-    args = SpeederArguments(data_dir="unused", ppt_per_sequence=0.0, train_negatives="retrieved").resolved()
-    rows = training_rows(sequences, args, seed=0, max_samples=None, features=features)
-    (trained,) = list(rows)
-    assert trained["candidates"][trained["label"]] == 2
-    assert [c for i, c in enumerate(trained["candidates"]) if i != trained["label"]] == [5, 7]  # 6 is the user's
-    again = training_rows(sequences, args, seed=0, max_samples=None, features=features)
-    assert list(again) == [trained]  # seeded
-    with pytest.raises(ValueError, match="--id-encoder sasrec"):
-        training_rows(sequences, args, seed=0, max_samples=None, features=None)
-    with pytest.raises(ValueError, match="train_negatives"):
-        SpeederArguments(data_dir="unused", train_negatives="hard").resolved()
 
 
 def test_ppt_rows_carry_their_eq14_label_and_items_in_shown_order(data_dir):

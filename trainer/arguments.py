@@ -12,7 +12,6 @@ from modeling_speeder.backbones import NAMED_BACKBONES
 
 from .stages import parse_stage_epochs, parse_stages
 
-TRAIN_NEGATIVES = ("random", "retrieved")  # see SpeederArguments.train_negatives
 # Table 3 of the paper: each ablation is a set of argument values, nothing else.
 ABLATIONS = {
     "none": {},
@@ -111,13 +110,6 @@ class SpeederArguments:
                           "the k items before it, for k >= this value, with the row's stored negatives as the other "
                           "candidates (as SASRec trains on every position of the same windows); 0 = off."},
     )
-    train_negatives: str = field(
-        default="random",
-        metadata={"help": "Negatives of the training pools: 'random' (the stored ones: random items the user never "
-                          "interacted with, as in the paper) or 'retrieved' (hard negatives: the items whose ID "
-                          "features are closest to the history's mean, among those the user has in no stored row). "
-                          "Valid and test pools stay the stored ones."},
-    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on recommendation samples per stage."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on valid/test samples evaluated."})
     eval_batch_size: int = 16
@@ -147,8 +139,6 @@ class SpeederArguments:
             raise ValueError(f"item_encoder_learning_rate must be >= 0, got {self.item_encoder_learning_rate}.")
         if self.prefix_min_history < 0:
             raise ValueError(f"prefix_min_history must be >= 0 (0 = off), got {self.prefix_min_history}.")
-        if self.train_negatives not in TRAIN_NEGATIVES:
-            raise ValueError(f"train_negatives must be one of {list(TRAIN_NEGATIVES)}, got {self.train_negatives!r}.")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
         return self

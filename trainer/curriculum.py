@@ -39,7 +39,7 @@ def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTCon
     collator = processor.with_items(features, modalities)
     # each stage draws its own order (and, with a fractional epoch, its own part) of the training rows
     rows = training_rows(data, args, training_args.seed, args.max_train_samples,
-                         shuffle_seed=training_args.seed + stage.number, features=features)
+                         shuffle_seed=training_args.seed + stage.number)
     features.check_items({i for row in rows for i in row["history"] + row["candidates"]}, modalities)
     stage_args = copy.deepcopy(training_args)
     stage_args.output_dir = str(stage_dir)  # checkpoints, and TensorBoard events under runs/

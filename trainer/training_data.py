@@ -16,18 +16,12 @@ from .arguments import SpeederArguments
 
 
 def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int | None,
-                  shuffle_seed: int | None = None, features: ItemFeatureTable | None = None) -> Dataset:
+                  shuffle_seed: int | None = None) -> Dataset:
     """Recommendation rows (with their history prefixes when `prefix_min_history` is set) plus `ppt_per_sequence`
     PPT rows per training sequence, shuffled together with `shuffle_seed` (default `seed`). `seed` picks the
-    training subset, the same one the LLaRA-style baseline trains on. With `train_negatives="retrieved"` the pools'
-    negatives are `retrieved_negatives` from the ID features of `features`."""
+    training subset, the same one the LLaRA-style baseline trains on."""
     rec = train_subset(sequences["train"], max_samples, seed)
     num_sequences = len(rec)
-    if args.train_negatives == "retrieved":
-        if features is None or "id" not in features.features:
-            raise ValueError("train_negatives='retrieved' ranks items by their ID features, and the data has none: "
-                             "compute them with `python -m datasets_builder features DATA_DIR --id-encoder sasrec`.")
-        rec = with_retrieved_negatives(rec, features.features["id"], interacted_items(sequences), seed)
     features = Features({"history": List(Value("int64")), "candidates": List(Value("int64")), "label": Value("int64"),
                          "ppt_positions": List(Value("int64")), "ppt_label": Value("string")})
     rec = with_history_prefixes(rec, args.prefix_min_history, seed)
@@ -38,39 +32,6 @@ def training_rows(sequences, args: SpeederArguments, seed: int, max_samples: int
         ppt = ppt.shuffle(seed=seed).select(range(count)).select_columns(["history", "ppt_positions", "ppt_label"])
         parts.append(ppt.map(lambda _: {"candidates": [], "label": -1}, features=features))
     return concatenate_datasets(parts).shuffle(seed=seed if shuffle_seed is None else shuffle_seed)
-
-
-def interacted_items(sequences) -> dict[str, set[int]]:
-    """Per user id, every item in a history or target of the stored train, valid and test rows."""
-    items: dict[str, set[int]] = {}
-    for split in ("train", "valid", "test"):
-        if split in sequences:
-            for user, history, target in zip(sequences[split]["user_id"], sequences[split]["history"],
-                                              sequences[split]["target"]):
-                items.setdefault(str(user), set()).update(history, [target])
-    return items
-
-
-def with_retrieved_negatives(rows: Dataset, id_features: torch.Tensor, user_items: dict[str, set[int]],
-                             seed: int) -> Dataset:
-    """`rows` with each pool's negatives replaced by hard ones: the items whose ID features have the highest cosine
-    with the mean of the history's, leaving out every item of `user_items[user]`; the target keeps its item and goes
-    to a seeded random slot (as many candidates as before)."""
-    unit = torch.nn.functional.normalize(id_features.float(), dim=-1)
-
-    def retrieve(batch, indices):
-        out = {"candidates": [], "label": []}
-        for row, user, history, candidates, label in zip(indices, batch["user_id"], batch["history"],
-                                                         batch["candidates"], batch["label"]):
-            scores = unit @ unit[torch.as_tensor(history)].mean(0)
-            scores[torch.as_tensor(sorted(user_items.get(str(user), set()) | {candidates[label]}))] = float("-inf")
-            negatives = torch.sort(scores, descending=True, stable=True).indices[:len(candidates) - 1].tolist()
-            slot = int(np.random.default_rng([seed, row]).integers(len(candidates)))
-            out["candidates"].append(negatives[:slot] + [candidates[label]] + negatives[slot:])
-            out["label"].append(slot)
-        return out
-
-    return rows.map(retrieve, batched=True, with_indices=True, features=rows.features)
 
 
 def with_history_prefixes(rows: Dataset, min_history: int, seed: int) -> Dataset:

@@ -1,0 +1,135 @@
+"""Candidate pools of retrieved negatives, the pools Speeder re-ranks when it recommends from the whole catalogue.
+
+    python -m datasets_builder retrieved-pools DATA_DIR --out POOLS_DIR --num-candidates 20
+
+Every train, valid and test row of a built DATA_DIR gets a new pool: its target plus the `num_candidates - 1` items
+that SASRec (trained on DATA_DIR as its ID features were, `features.train_id_sasrec`) scores highest after the row's
+stored history, leaving out every item the user has in a stored row; shuffled with `seed`. These are the hard
+negatives of full-catalogue recommendation (`recommend(history)` re-ranks SASRec's top K), where the paper's pools
+hold random never-interacted items. An item the user had outside the stored windows (the built data keeps the last
+`max_history` items of each row) may still be among them.
+
+POOLS_DIR is a complete DATA_DIR for the trainer and the baselines: the new `sequences/` (no extra pools: a retrieved
+pool is one per row), and `items/`, `features/`, `image_urls.tsv` copied from DATA_DIR. Its `stats.json` is
+DATA_DIR's, whose sequence fingerprint still names the data the ID features were trained on, plus a
+`retrieved_pools` record (source, K, seed, the retriever's options and test metrics, and how often the target
+would have been in SASRec's top K). Written atomically; a rerun with the same settings and source data is skipped.
+"""
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
+
+from modeling_speeder.retrieval_speeder import SpeederSASRecRetriever, top_rows
+
+from .build import (BUILD_MARKER, BUILD_OUTPUTS, POOL_FEATURES, POOL_SPLIT_NAMES, SEQUENCE_FEATURES, SPLIT_NAMES,
+                    load_built_dataset, stored_user_items, write_atomically)
+from .features import train_id_sasrec
+
+logger = logging.getLogger(__name__)
+
+POOLS_OUTPUTS = (*BUILD_OUTPUTS, "features")
+
+
+def retrieved_pool(scores: torch.Tensor, target: int, user_items: set[int], num_candidates: int,
+                   rng: np.random.Generator) -> tuple[list[int], int]:
+    """The target plus the `num_candidates - 1` best-scored items outside `user_items`, shuffled.
+
+    Args:
+        scores: the retriever's `(num_items,)` scores, indexed by item index.
+        target: the row's target item index.
+        user_items: the item indices the row's user has in any stored row (the target among them).
+    Returns:
+        `(candidates, label)`, label = index of the target in candidates.
+    """
+    allowed = torch.ones(scores.shape[0], dtype=torch.bool)
+    allowed[sorted(user_items | {target})] = False
+    candidates = [int(target)] + top_rows(scores, num_candidates - 1, allowed)
+    order = rng.permutation(num_candidates)
+    return [candidates[k] for k in order], int(np.flatnonzero(order == 0)[0])
+
+
+def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLike, num_candidates: int = 20,
+                          seed: int = 42, batch_size: int = 256) -> dict:
+    """Write POOLS_DIR = `out_dir` from the built `data_dir` (module docstring). Returns its stats."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if out_dir.resolve() == data_dir.resolve():
+        raise ValueError(f"--out {out_dir} is DATA_DIR itself: write the retrieved pools to a new folder.")
+    sequences, items, stats = load_built_dataset(data_dir)
+    if not (data_dir / "features").is_dir():
+        raise FileNotFoundError(f"{data_dir / 'features'} not found: run `python -m datasets_builder features "
+                                f"{data_dir}` first (the pools are for a model that reads its features).")
+    num_items = len(items)
+    user_items = stored_user_items(sequences)
+    most = max((len(items_of_user) for items_of_user in user_items.values()), default=0)
+    if not 2 <= num_candidates <= num_items - most + 1:
+        raise ValueError(f"--num-candidates must be between 2 and {num_items - most + 1} (the {num_items} items less "
+                         f"the {most} that one user has in the stored rows, plus the target), got {num_candidates}.")
+    record = {"source": str(data_dir), "source_fingerprint": (stats.get("fingerprints") or {}).get("sequences"),
+              "num_candidates": num_candidates, "seed": seed}
+    previous = _stats(out_dir)
+    if previous and {k: previous.get("retrieved_pools", {}).get(k) for k in record} == record:
+        logger.info("%s already holds these retrieved pools: skipped.", out_dir)
+        return previous
+
+    result, sasrec_seed, options = train_id_sasrec(data_dir)
+    item_ids = [str(item_id) for item_id in items["item_id"]]  # row = item_index
+    retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
+    rng = np.random.default_rng(seed)
+    splits, in_top_k = {}, {}
+    for name in SPLIT_NAMES:
+        rows = sequences[name].to_dict()
+        rows["candidates"], rows["label"], hits = [], [], 0
+        for start in tqdm(range(0, len(rows["history"]), batch_size), desc=f"{name} retrieved pools", leave=False):
+            histories = rows["history"][start:start + batch_size]
+            with torch.no_grad():
+                scores = retriever.score([[item_ids[i] for i in history] for history in histories])
+            for user, history, target, row_scores in zip(rows["user_id"][start:start + batch_size], histories,
+                                                         rows["target"][start:start + batch_size], scores):
+                candidates, label = retrieved_pool(row_scores, target, user_items[str(user)], num_candidates, rng)
+                rows["candidates"].append(candidates)
+                rows["label"].append(label)
+                allowed = torch.ones(num_items, dtype=torch.bool)
+                allowed[history] = False
+                hits += target in top_rows(row_scores, num_candidates, allowed)
+        splits[name] = Dataset.from_dict(rows, features=SEQUENCE_FEATURES)
+        in_top_k[name] = round(hits / max(1, len(rows["history"])), 4)
+    for name in POOL_SPLIT_NAMES:
+        splits[name] = Dataset.from_dict({column: [] for column in POOL_FEATURES}, features=POOL_FEATURES)
+    for name in sequences:
+        splits.setdefault(name, sequences[name])  # the PPT samples, unchanged
+
+    record |= {"retriever": {"model": "sasrec", "seed": sasrec_seed, "options": options,
+                             "test_metrics": result.test_metrics},
+               "target_in_retriever_top_k": in_top_k}
+    stats = {**stats, "extra_pools": 0, "pool_split_sizes": {name: 0 for name in POOL_SPLIT_NAMES},
+             "retrieved_pools": record}
+    stats["config"] = {**stats.get("config", {}), "num_candidates": num_candidates, "extra_pools": 0}
+    dataset = DatasetDict(splits)
+
+    def write(tmp: Path):
+        dataset.save_to_disk(str(tmp / "sequences"), num_shards={name: 1 for name in dataset})  # 1: empty splits load
+        items.save_to_disk(str(tmp / "items"))
+        shutil.copytree(data_dir / "features", tmp / "features")
+        if (data_dir / "image_urls.tsv").is_file():
+            shutil.copyfile(data_dir / "image_urls.tsv", tmp / "image_urls.tsv")
+        (tmp / BUILD_MARKER).write_text(json.dumps(stats, indent=2) + "\n")
+
+    write_atomically(out_dir, write, list(POOLS_OUTPUTS), marker=BUILD_MARKER)
+    logger.info("Wrote %s: pools of %d with SASRec's negatives; target in SASRec's top %d: %s.", out_dir,
+                num_candidates, num_candidates, in_top_k)
+    return stats
+
+
+def _stats(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / BUILD_MARKER).read_text())
+    except (OSError, ValueError):
+        return None

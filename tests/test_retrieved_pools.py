@@ -1,0 +1,103 @@
+"""Pools of retrieved negatives (`python -m datasets_builder retrieved-pools`): SASRec's best items around each
+target, a DATA_DIR the trainer reads as it reads a built one, and bad input named."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from datasets import DatasetDict, load_from_disk
+from speeder_fixtures import write_planted_dataset
+
+from datasets_builder.__main__ import main as builder
+from datasets_builder.build import load_built_dataset, stored_user_items
+from datasets_builder.features import train_id_sasrec
+from metrics.predictions import predictions_path, read_predictions
+from modeling_speeder.retrieval_speeder import SpeederSASRecRetriever
+from trainer.run import main as run
+
+TINY = ["--fusion_hidden_size", "32", "--fusion_intermediate_size", "64", "--max_history", "8",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--eval_generate", "false",
+        "--max_eval_samples", "8", "--bf16", "false", "--max_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    data_dir = write_planted_dataset(tmp_path_factory.mktemp("data"), num_sequences=60, modalities=("text", "id"))
+    # two sequences per user, so that a user has items outside a row's own history and target
+    sequences = load_from_disk(str(data_dir / "sequences"))
+    shared = DatasetDict({name: split.map(lambda row: {"user_id": f"u{row['sequence_id'] % 30}"})
+                          for name, split in sequences.items()})
+    shared.save_to_disk(str(data_dir / "shared"))
+    shutil.rmtree(data_dir / "sequences")
+    (data_dir / "shared").rename(data_dir / "sequences")
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def pools_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pools") / "k8"
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(out), "--num-candidates", "8"]) == 0
+    return out
+
+
+def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_dir, pools_dir):
+    sequences, items, _ = load_built_dataset(pools_dir)
+    source = load_built_dataset(data_dir)[0]
+    user_items = stored_user_items(source)
+    assert any(len(items_of_user) > 7 for items_of_user in user_items.values())  # more than one row's 6 + 1
+    result, _, _ = train_id_sasrec(data_dir)  # seeded: the model the pools were retrieved with
+    item_ids = [str(i) for i in items["item_id"]]
+    retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
+    for name in ("train", "valid", "test"):
+        rows = sequences[name]
+        assert rows["history"] == source[name]["history"] and rows["target"] == source[name]["target"]
+        with torch.no_grad():
+            scores = retriever.score([[item_ids[i] for i in history] for history in rows["history"]])
+        for row, row_scores in zip(rows, scores):
+            candidates = row["candidates"]
+            assert len(set(candidates)) == 8 and candidates[row["label"]] == row["target"]
+            negatives = set(candidates) - {row["target"]}
+            assert not negatives & user_items[row["user_id"]]
+            others = [i for i in range(len(items)) if i not in negatives | user_items[row["user_id"]]]
+            assert min(row_scores[list(negatives)]) >= max(row_scores[others])  # no better item was left out
+    assert len(sequences["valid_pools"]) == len(sequences["test_pools"]) == 0  # one retrieved pool per row
+    assert sequences["ppt_train"]["ppt_positions"] == source["ppt_train"]["ppt_positions"]
+
+
+def test_pools_record_their_source_and_a_rerun_is_skipped(data_dir, pools_dir, capsys):
+    stats = json.loads((pools_dir / "stats.json").read_text())
+    record = stats["retrieved_pools"]
+    assert record["source"] == str(data_dir) and record["num_candidates"] == 8 and stats["extra_pools"] == 0
+    assert set(record["target_in_retriever_top_k"]) == {"train", "valid", "test"}
+    before = (pools_dir / "sequences" / "train").stat().st_mtime_ns
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(pools_dir), "--num-candidates", "8"]) == 0
+    assert (pools_dir / "sequences" / "train").stat().st_mtime_ns == before
+
+
+def test_the_trainer_reads_retrieved_pools_with_one_label_per_candidate(pools_dir, tmp_path):
+    results = run(["--data_dir", str(pools_dir), "--output_dir", str(tmp_path), *TINY, "--ablation", "wo_stages12"])
+    records = read_predictions(predictions_path(tmp_path / "results.json"))
+    assert results["test"]["num_samples"] == len(records) > 0
+    assert all(len(r["candidates"]) == len(r["scores"]) == 8 and 0 <= r["answer"] < 8 for r in records)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-candidates", "40"], "--num-candidates must be between 2 and "),
+    (["--out", "{data}"], "is DATA_DIR itself"),
+])
+def test_bad_pool_settings_are_named(data_dir, tmp_path, capsys, flags, message):
+    flags = [flag.format(data=data_dir) for flag in flags]
+    out = [] if "--out" in flags else ["--out", str(tmp_path / "pools")]
+    assert builder(["retrieved-pools", str(data_dir), *out, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "pools").exists()
+
+
+def test_data_without_features_is_refused_with_the_command_that_makes_them(data_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    for name in ("items", "sequences", "stats.json"):
+        (bare / name).parent.mkdir(parents=True, exist_ok=True)
+        (bare / name).symlink_to(data_dir / name)
+    assert builder(["retrieved-pools", str(bare), "--out", str(tmp_path / "pools")]) == 2
+    assert f"python -m datasets_builder features {bare}" in capsys.readouterr().err
