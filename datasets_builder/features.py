@@ -415,15 +415,20 @@ def _id_features(data_dir: Path, sequences, num_items: int, seed: int, kwargs: d
 
 
 def train_id_sasrec(data_dir: str | os.PathLike) -> tuple[baselines.BaselineResult, int, dict]:
-    """SASRec trained on DATA_DIR as its ID features were: the seed and options their manifest records, else the
-    defaults (seed 42). Returns `(result, seed, options)`; the report and predictions `train_baseline` writes go to a
-    scratch folder, not into DATA_DIR."""
-    manifest = read_feature_manifest(Path(data_dir) / "features" / "id.safetensors")
+    """SASRec trained as DATA_DIR's ID features were: on DATA_DIR (on its source, for retrieved pools, whose features
+    are the source's), with the seed and options their manifest records, else the defaults (seed 42). Returns
+    `(result, seed, options)`; the report and predictions `train_baseline` writes go to a scratch folder."""
+    data_dir = Path(data_dir)
+    manifest = read_feature_manifest(data_dir / "features" / "id.safetensors")
     options = dict(manifest["key"]["options"]) if manifest and manifest["key"].get("kind") == "sasrec" else {}
     seed = options.pop("seed", 42)
     options.setdefault("show_progress", False)
+    source = (load_built_dataset(data_dir)[2].get("retrieved_pools") or {}).get("source")
+    if source is not None and not Path(source).is_dir():
+        raise FileNotFoundError(f"{data_dir} holds retrieved pools of {source}, which is gone: SASRec trains on the "
+                                "data its ID features came from. Rebuild it, or write the pools again.")
     with tempfile.TemporaryDirectory() as scratch:
-        result = baselines.train_baseline("sasrec", data_dir, seed=seed, output_dir=scratch, **options)
+        result = baselines.train_baseline("sasrec", source or data_dir, seed=seed, output_dir=scratch, **options)
     return result, seed, options
 
 

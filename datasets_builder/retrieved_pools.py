@@ -9,7 +9,8 @@ negatives of full-catalogue recommendation (`recommend(history)` re-ranks SASRec
 hold random never-interacted items. An item the user had outside the stored windows (the built data keeps the last
 `max_history` items of each row) may still be among them.
 
-POOLS_DIR is a complete DATA_DIR for the trainer and the baselines: the new `sequences/` (no extra pools: a retrieved
+POOLS_DIR is a complete DATA_DIR for the trainer and the baselines (`train_id_sasrec` and the export's SASRec
+retriever train on DATA_DIR, where its ID features came from): the new `sequences/` (no extra pools: a retrieved
 pool is one per row), and `items/`, `features/`, `image_urls.tsv` copied from DATA_DIR. Its `stats.json` is
 DATA_DIR's, whose sequence fingerprint still names the data the ID features were trained on, plus a
 `retrieved_pools` record (source, K, seed, the retriever's options and test metrics, and how often the target
@@ -72,7 +73,7 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if not 2 <= num_candidates <= num_items - most + 1:
         raise ValueError(f"--num-candidates must be between 2 and {num_items - most + 1} (the {num_items} items less "
                          f"the {most} that one user has in the stored rows, plus the target), got {num_candidates}.")
-    record = {"source": str(data_dir), "source_fingerprint": (stats.get("fingerprints") or {}).get("sequences"),
+    record = {"source": str(data_dir.resolve()), "source_fingerprint": (stats.get("fingerprints") or {}).get("sequences"),
               "num_candidates": num_candidates, "seed": seed}
     previous = _stats(out_dir)
     if previous and {k: previous.get("retrieved_pools", {}).get(k) for k in record} == record:

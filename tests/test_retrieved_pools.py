@@ -46,7 +46,7 @@ def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_
     source = load_built_dataset(data_dir)[0]
     user_items = stored_user_items(source)
     assert any(len(items_of_user) > 7 for items_of_user in user_items.values())  # more than one row's 6 + 1
-    result, _, _ = train_id_sasrec(data_dir)  # seeded: the model the pools were retrieved with
+    result, _, _ = train_id_sasrec(pools_dir)  # seeded, on the source's rows: the model that retrieved the pools
     item_ids = [str(i) for i in items["item_id"]]
     retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
     for name in ("train", "valid", "test"):
@@ -68,7 +68,7 @@ def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_
 def test_pools_record_their_source_and_a_rerun_is_skipped(data_dir, pools_dir, capsys):
     stats = json.loads((pools_dir / "stats.json").read_text())
     record = stats["retrieved_pools"]
-    assert record["source"] == str(data_dir) and record["num_candidates"] == 8 and stats["extra_pools"] == 0
+    assert record["source"] == str(data_dir.resolve()) and record["num_candidates"] == 8 and stats["extra_pools"] == 0
     assert set(record["target_in_retriever_top_k"]) == {"train", "valid", "test"}
     before = (pools_dir / "sequences" / "train").stat().st_mtime_ns
     assert builder(["retrieved-pools", str(data_dir), "--out", str(pools_dir), "--num-candidates", "8"]) == 0
@@ -101,3 +101,11 @@ def test_data_without_features_is_refused_with_the_command_that_makes_them(data_
         (bare / name).symlink_to(data_dir / name)
     assert builder(["retrieved-pools", str(bare), "--out", str(tmp_path / "pools")]) == 2
     assert f"python -m datasets_builder features {bare}" in capsys.readouterr().err
+
+
+def test_sasrec_of_retrieved_pools_trains_on_the_source_rows(data_dir, pools_dir, monkeypatch):
+    # the export's SASRec retriever must be the model that retrieved the pools, not one selected on their hard pools
+    trained_on = []
+    monkeypatch.setattr("baselines.train_baseline", lambda name, path, **_: trained_on.append(path) or None)
+    train_id_sasrec(pools_dir)
+    assert trained_on == [str(data_dir.resolve())]
