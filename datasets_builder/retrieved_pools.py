@@ -73,7 +73,8 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if not 2 <= num_candidates <= num_items - most + 1:
         raise ValueError(f"--num-candidates must be between 2 and {num_items - most + 1} (the {num_items} items less "
                          f"the {most} that one user has in the stored rows, plus the target), got {num_candidates}.")
-    record = {"source": str(data_dir.resolve()), "source_fingerprint": (stats.get("fingerprints") or {}).get("sequences"),
+    source_fingerprint = (stats.get("fingerprints") or {}).get("sequences")
+    record = {"source": str(data_dir.resolve()), "source_fingerprint": source_fingerprint,
               "num_candidates": num_candidates, "seed": seed}
     previous = _stats(out_dir)
     if previous and {k: previous.get("retrieved_pools", {}).get(k) for k in record} == record:

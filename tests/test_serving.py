@@ -345,6 +345,22 @@ def test_full_ranking_compares_sasrec_with_sasrec_then_speeder_on_the_same_lists
     assert "SASRec → Speeder" in result["table"]
 
 
+def test_full_ranking_reranks_more_candidates_than_it_returns(exported, tmp_path):
+    # retrieve 4, re-rank them in one pass, score the top 3: the product's top-k out of K candidates
+    out = tmp_path / "full_ranking.json"
+    summary = full_ranking([str(exported), "--data-dir", str(exported.parent / "data"), "--split", "test", "--out",
+                            str(out), "--num-candidates", "4", "--top-k", "3"])
+    model = SpeederForSequentialRec.from_pretrained(exported).eval()
+    data, items, _ = load_built_dataset(exported.parent / "data")
+    item_ids = list(items["item_id"])
+    for row, record in zip(data["test"], json.loads(out.read_text())["records"]):
+        history = [item_ids[i] for i in row["history"]]
+        assert len(record["sasrec"]) == 4
+        assert record["sasrec_speeder"] == [item_id for item_id, _ in model.recommend(history, record["sasrec"])]
+        assert record["metrics"]["sasrec_speeder"] == list_metrics(record["sasrec_speeder"][:3], record["target"], 3)
+    assert set(summary["sasrec"]) == {"hr@1", "recall@3", "ndcg@3"}
+
+
 def test_rerank_bound_moves_the_target_first_only_from_the_reranked_items():
     assert rerank_bound(["a", "b", "c", "d"], "c", 3) == ["c", "a", "b", "d"]
     assert rerank_bound(["a", "b", "c", "d"], "d", 3) == ["a", "b", "c", "d"]  # below the re-ranked items
@@ -358,8 +374,8 @@ def test_full_ranking_names_a_folder_without_sasrec_and_a_pool_too_large(exporte
     data_dir = str(exported.parent / "data")
     with pytest.raises(ValueError, match="--sasrec-retriever"):
         full_ranking([str(folder), "--data-dir", data_dir, "--out", str(tmp_path / "x.json")])
-    with pytest.raises(ValueError, match="--num-candidates"):
-        full_ranking([str(exported), "--data-dir", data_dir, "--out", str(tmp_path / "x.json"), "--top-k", "3",
-                      "--num-candidates", "4"])
+    with pytest.raises(ValueError, match="--num-candidates must lie in"):
+        full_ranking([str(exported), "--data-dir", data_dir, "--out", str(tmp_path / "x.json"),
+                      "--num-candidates", "27"])
     with pytest.raises(FileNotFoundError, match="export a run first"):
         full_ranking([str(tmp_path / "missing"), "--data-dir", data_dir, "--out", str(tmp_path / "x.json")])

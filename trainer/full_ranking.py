@@ -5,12 +5,13 @@
 
 For every sequence of the split, the folder's SASRec retriever (`retriever_sasrec.safetensors`, exported with
 `--sasrec-retriever`) scores every cached item after the sequence's stored history (its items left out unless
-`--keep-history`) and its top-`top_k` list is SASRec's answer. SASRec → Speeder keeps that list but lets Speeder
-re-rank its first `num_candidates` items in one forward pass (the pool size Speeder was trained on). Both lists are
-scored against the sequence's next item: HR@1, Recall@k and NDCG@k (one relevant item, so Recall@k = HR@k), each
-with a bootstrap interval over sequences and a paired interval of the difference. A third list bounds what any
-re-ranker of those `num_candidates` items can reach: SASRec's with the target moved first whenever it is among them.
-The JSON holds every sequence's lists, so any figure can be recomputed.
+`--keep-history`) and its top-`top_k` list is SASRec's answer. SASRec → Speeder lets Speeder re-rank SASRec's first
+`num_candidates` items in one forward pass (the pool size Speeder was trained on) and keeps SASRec's order after them;
+with more candidates than `top_k` it is the re-ranked list cut to `top_k`. Both lists are scored against the
+sequence's next item: HR@1, Recall@k and NDCG@k (one relevant item, so Recall@k = HR@k), each with a bootstrap
+interval over sequences and a paired interval of the difference. A third list bounds what any re-ranker of those
+`num_candidates` items can reach: SASRec's with the target moved first whenever it is among them. The JSON holds
+every sequence's lists, so any figure can be recomputed.
 """
 
 import argparse
@@ -65,15 +66,16 @@ def sasrec_top_lists(retriever, known: torch.Tensor, histories: list[list[str]],
 
 def evaluate_full_ranking(model, rows, item_ids: list[str], num_candidates: int, top_k: int = 10,
                           exclude_history: bool = True, batch_size: int = 16) -> tuple[dict, list[dict]]:
-    """Both models' lists and metrics for `rows` (stored split rows: `sequence_id`, `history`, `target` as item
-    indices into `item_ids`). Returns (summary, one record per sequence)."""
+    """Both models' lists and metrics@`top_k` for `rows` (stored split rows: `sequence_id`, `history`, `target` as
+    item indices into `item_ids`); SASRec retrieves `max(top_k, num_candidates)` items and Speeder re-ranks the first
+    `num_candidates`. Returns (summary, one record per sequence)."""
     retriever = model.load_sasrec_retriever()
     known = torch.tensor([item_id in model.item_cache for item_id in retriever.item_ids])  # Speeder can rank them
     records = []
     for start in tqdm(range(0, len(rows), batch_size), desc="full ranking", unit="batch"):
         batch = rows[start:start + batch_size]
         histories = [[item_ids[i] for i in history] for history in batch["history"]]
-        sasrec_lists = sasrec_top_lists(retriever, known, histories, top_k, exclude_history)
+        sasrec_lists = sasrec_top_lists(retriever, known, histories, max(top_k, num_candidates), exclude_history)
         reranked = model.recommend_batch(histories, [ranked[:num_candidates] for ranked in sasrec_lists],
                                          batch_size=batch_size)
         for sequence_id, target, sasrec_list, ranking in zip(batch["sequence_id"], batch["target"], sasrec_lists,
@@ -138,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"{args.model} has no SASRec retriever: export the run again with --sasrec-retriever.")
     num_labels = len(model.config.candidate_labels)
     num_candidates = args.num_candidates or num_labels
-    if not 1 <= num_candidates <= min(num_labels, args.top_k):
-        raise ValueError(f"--num-candidates must lie in 1..{min(num_labels, args.top_k)} (the model's candidate "
-                         f"labels and --top-k), got {num_candidates}.")
+    if not 1 <= num_candidates <= num_labels:
+        raise ValueError(f"--num-candidates must lie in 1..{num_labels} (the model's candidate labels), got "
+                         f"{num_candidates}.")
     rows = data[args.split]
     if args.max_samples is not None:
         rows = rows.select(range(min(args.max_samples, len(rows))))
