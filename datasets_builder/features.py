@@ -45,7 +45,7 @@ import baselines  # this repository's ID baselines: SASRec is the ID encoder E_s
 from modeling_speeder.configuration_speeder import MODALITIES
 from modeling_speeder.file_utils import replace_atomically, write_json_atomically
 
-from .build import DEFAULT_ENCODERS, load_built_dataset
+from .build import BUILD_MARKER, DEFAULT_ENCODERS, load_built_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -423,7 +423,8 @@ def train_id_sasrec(data_dir: str | os.PathLike) -> tuple[baselines.BaselineResu
     options = dict(manifest["key"]["options"]) if manifest and manifest["key"].get("kind") == "sasrec" else {}
     seed = options.pop("seed", 42)
     options.setdefault("show_progress", False)
-    source = (load_built_dataset(data_dir)[2].get("retrieved_pools") or {}).get("source")
+    stats = json.loads((data_dir / BUILD_MARKER).read_text()) if (data_dir / BUILD_MARKER).is_file() else {}
+    source = (stats.get("retrieved_pools") or {}).get("source")
     if source is not None and not Path(source).is_dir():
         raise FileNotFoundError(f"{data_dir} holds retrieved pools of {source}, which is gone: SASRec trains on the "
                                 "data its ID features came from. Rebuild it, or write the pools again.")
