@@ -3,7 +3,7 @@
 # records each outcome, so that a change to one of them lands with its pass rate, not one lucky run:
 #   bash scripts/learning_tests.sh                       # seeds 1,2,3 x threads 1,2
 #   SEEDS=7,42 THREADS=1 RESULTS=/tmp/loop bash scripts/learning_tests.sh
-#   BF16=false,true bash scripts/learning_tests.sh      # also with bf16 autocast (native with AMX, slower without)
+#   BF16=false,true bash scripts/learning_tests.sh      # also with bf16 autocast (native with AMX or AVX512-BF16, slower without)
 # Each test reads its seed from SPEEDER_TEST_SEED (tests/speeder_fixtures.learning_seed) and the LLM tests their
 # precision from SPEEDER_TEST_BF16 (learning_bf16). Writes RESULTS/outcomes.tsv (one row per test case, thread
 # count, seed and precision) and RESULTS/pass_rates.tsv; a failing run's log tail goes to
