@@ -50,6 +50,11 @@ Speeder and the bounds that the MEASURED token counts allow, with d the backbone
   `t_out·(N·d + d²)` is kept as `infer_ideal_eq4`: it charges only the decoded tokens, so it overstates what one
   scoring pass can gain.
 
+* both, on this backbone (`*_bound_backbone`): the decoder layers' multiply-accumulates over the same tokens
+  (`backbone_macs`: projections, gated MLP, attention over the full square as eager attention computes it; cached
+  decode steps for generation). Eq. 3 weighs attention (`N²·d`) as much as the projections (`N·d²`); in a real
+  decoder layer the projections and MLP cost ~10x more per token, so Eq. 3 overstates what fewer tokens can buy.
+
 measured / bound is the fraction of the prompt's token saving that becomes time. Also recorded (`profile`): the
 top ops by self CPU time of one Speeder training step and one inference call (torch.profiler), and the rows the
 item encoder encodes in that training step against the distinct items of its batch. Writes `efficiency.json`
@@ -503,7 +508,11 @@ def run_all(args, log=print) -> dict:
         log(f"  training  n={n:>3}: " + ", ".join(
             f"{variant_name(*v)} {rows[(*v, n)]['train_s_per_sample']:.3f} s/sample" for v in variants))
 
-    info = {"hidden_size": d, "num_layers": model.config.text_config.num_hidden_layers,
+    text_config = model.config.text_config
+    info = {"hidden_size": d, "num_layers": text_config.num_hidden_layers,
+            "intermediate_size": text_config.intermediate_size,
+            "num_attention_heads": text_config.num_attention_heads,
+            "num_key_value_heads": getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads,
             "parameters": sum(p.numel() for p in model.parameters())}
     return {"rows": [rows[(*v, n)] for v in variants for n in args.lengths], "encoding": encoding,
             "profile": profile, "memory_method": memory.method, "model": info}
@@ -526,14 +535,37 @@ def prefill_decode(tokens: float, t_out: float, d: int) -> float:
     return eq3(tokens, d) + sum((tokens + k) * d + d * d for k in range(steps))
 
 
+def backbone_macs(tokens: float, model: dict, context: float | None = None) -> float:
+    """Multiply-accumulates of the backbone's decoder layers over `tokens` tokens that each attend to `context`
+    positions (default: `tokens`, as eager attention computes the full square): the q/k/v/o projections, the gated
+    MLP, attention scores and values. `model` is the report's `model` record; the LM head, norms and the item
+    encoder are left out."""
+    d, heads, ffn = model["hidden_size"], model["num_attention_heads"], model["intermediate_size"]
+    kv = model["num_key_value_heads"] * (d // heads)
+    per_token = 2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * (tokens if context is None else context) * d
+    return model["num_layers"] * tokens * per_token
+
+
+def backbone_inference_macs(row: dict, model: dict) -> float:
+    """`backbone_macs` of a row's inference: the prompt in one pass, then each generated token after the first as
+    one cached decode step over the positions before it."""
+    prompt, steps = row["prompt_tokens"], max(0, round(row["generated_tokens"]) - 1)
+    return backbone_macs(prompt, model) + sum(backbone_macs(1, model, prompt + k + 1) for k in range(steps))
+
+
 def answer_tokens_read_and_written(row: dict) -> float:
     """Tokens an inference reads and writes to a final answer: its prompt + the answer it generates (Speeder: 1)."""
     return row["prompt_tokens"] + row["generated_tokens"]
 
 
-def compare(baseline: dict, speeder: dict, d: int) -> dict:
-    """Time ratios baseline / Speeder and the token-count bounds on them (see the module docstring)."""
+def compare(baseline: dict, speeder: dict, model: dict) -> dict:
+    """Time ratios baseline / Speeder and the token-count bounds on them (see the module docstring); `model` is the
+    report's `model` record (hidden size and layer shapes)."""
+    d = model["hidden_size"]
     train_bound = eq3(baseline["train_sequence_tokens"], d) / eq3(speeder["train_sequence_tokens"], d)
+    train_layers = (backbone_macs(baseline["train_sequence_tokens"], model)
+                    / backbone_macs(speeder["train_sequence_tokens"], model))
+    infer_layers = backbone_inference_macs(baseline, model) / backbone_inference_macs(speeder, model)
     infer_bound = answer_tokens_read_and_written(baseline) / answer_tokens_read_and_written(speeder)
     train = baseline["train_s_per_sample"] / speeder["train_s_per_sample"]
     infer = baseline["infer_s_per_sample"] / speeder["infer_s_per_sample"]
@@ -543,7 +575,9 @@ def compare(baseline: dict, speeder: dict, d: int) -> dict:
         "titles": baseline["titles"], "n": baseline["n"], "baseline": baseline["method"], "speeder": speeder["method"],
         "baseline_prompt_tokens": baseline["prompt_tokens"], "speeder_prompt_tokens": speeder["prompt_tokens"],
         "train_speedup": train, "train_bound_eq3": train_bound, "train_fraction_of_bound": train / train_bound,
+        "train_bound_backbone": train_layers, "train_fraction_of_backbone_bound": train / train_layers,
         "infer_speedup": infer, "infer_bound_tokens": infer_bound, "infer_fraction_of_bound": infer / infer_bound,
+        "infer_bound_backbone": infer_layers, "infer_fraction_of_backbone_bound": infer / infer_layers,
         "infer_ideal_eq4": eq4_ratio, "infer_fraction_of_eq4": infer / eq4_ratio,
         "infer_ideal_prefill_decode": (prefill_decode(baseline["prompt_tokens"], baseline["generated_tokens"], d)
                                        / prefill_decode(speeder["prompt_tokens"], speeder["generated_tokens"], d)),
@@ -552,10 +586,10 @@ def compare(baseline: dict, speeder: dict, d: int) -> dict:
     }
 
 
-def comparisons_of(rows: list[dict], d: int) -> list[dict]:
+def comparisons_of(rows: list[dict], model: dict) -> list[dict]:
     """One comparison per baseline row (title setting, n) and Speeder prompt measured at that n."""
     speeders = {(r["method"], r["n"]): r for r in rows if r["method"] in SPEEDER_METHODS}
-    return [compare(r, speeders[s, r["n"]], d) for r in rows if r["method"] not in SPEEDER_METHODS
+    return [compare(r, speeders[s, r["n"]], model) for r in rows if r["method"] not in SPEEDER_METHODS
             for s in SPEEDER_METHODS if (s, r["n"]) in speeders]
 
 
@@ -579,10 +613,12 @@ def markdown_table(rows: list[dict], comparisons: list[dict], title_settings: st
             f"{1e3 * r['infer_s_per_sample']:.4g} | {r['train_peak_mib']:.0f} | {r['infer_peak_mib']:.0f} |"
         )
     if comparisons:
-        head = ("| baseline | titles | n | vs | prompt tok | train × | bound (Eq. 3) | train / bound | infer × | "
-                "bound (tokens) | infer / bound | Eq. 4 |")
+        head = ("| baseline | titles | n | vs | prompt tok | train × | bound (Eq. 3) | train / bound | "
+                "bound (layers) | train / layers | infer × | bound (tokens) | infer / bound | bound (layers) | "
+                "infer / layers | Eq. 4 |")
         lines += ["", "Ratios baseline / Speeder; bounds from the token counts (training: Eq. 3; inference: "
-                  "(prompt + answer tokens) / (Speeder prompt + 1)):", "", head,
+                  "(prompt + answer tokens) / (Speeder prompt + 1)) and from the backbone's decoder-layer "
+                  "multiply-accumulates over those tokens (layers):", "", head,
                   "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
         for c in sorted(comparisons, key=lambda c: (c["n"], _order(c["titles"]), METHODS.index(c["baseline"]),
                                                     METHODS.index(c["speeder"]))):
@@ -591,7 +627,9 @@ def markdown_table(rows: list[dict], comparisons: list[dict], title_settings: st
                 f"{METHOD_NAMES[c['speeder']]} | "
                 f"{c['baseline_prompt_tokens']:.0f} / {c['speeder_prompt_tokens']:.0f} | "
                 f"{c['train_speedup']:.2f} | {c['train_bound_eq3']:.2f} | {c['train_fraction_of_bound']:.0%} | "
+                f"{c['train_bound_backbone']:.2f} | {c['train_fraction_of_backbone_bound']:.0%} | "
                 f"{c['infer_speedup']:.2f} | {c['infer_bound_tokens']:.2f} | {c['infer_fraction_of_bound']:.0%} | "
+                f"{c['infer_bound_backbone']:.2f} | {c['infer_fraction_of_backbone_bound']:.0%} | "
                 f"{c['infer_ideal_eq4']:.2f} |"
             )
     return "\n".join(lines)
@@ -625,7 +663,9 @@ def summary(comparisons: list[dict], targets: dict) -> dict:
         if c["baseline"] == "llara" and c["n"] == 20:
             titles = "real" if c["titles"] == REAL_TITLES else f"t{c['titles']}"
             key = f"{c['speeder']}_vs_llara_n20_{titles}"
-            for field in ("train_speedup", "train_fraction_of_bound", "infer_speedup", "infer_fraction_of_bound"):
+            for field in ("train_speedup", "train_fraction_of_bound", "train_bound_backbone",
+                          "train_fraction_of_backbone_bound", "infer_speedup", "infer_fraction_of_bound",
+                          "infer_bound_backbone", "infer_fraction_of_backbone_bound"):
                 out[f"{key}_{field}"] = round(c[field], 3)
     for speeder, checks in targets.items():
         for name, check in checks.items():
@@ -841,7 +881,7 @@ def main(argv=None) -> dict:
 
     rows = result["rows"]
     model_info = result["model"]
-    comparisons = comparisons_of(rows, model_info["hidden_size"])
+    comparisons = comparisons_of(rows, model_info)
     table = markdown_table(rows, comparisons, title_setting)
     targets = check_targets(comparisons)
     encoding = result["encoding"]
@@ -874,7 +914,9 @@ def main(argv=None) -> dict:
             "Speeder time. Training bound: paper Eq. 3 with N = prompt + answer tokens and the backbone's hidden "
             "size d. Inference bound: (baseline prompt + generated tokens) / (Speeder prompt + 1), which charges "
             "Speeder for reading its prompt; a decode step costs more than a prompt token, so inference can exceed "
-            "it. infer_ideal_eq4 (paper Eq. 4) and infer_ideal_prefill_decode (one prefill pass + t_out-1 decode "
+            "it. *_bound_backbone: the backbone's decoder-layer multiply-accumulates over the same tokens "
+            "(backbone_macs; decode steps cached), the most a prompt's token saving can buy on this backbone. "
+            "infer_ideal_eq4 (paper Eq. 4) and infer_ideal_prefill_decode (one prefill pass + t_out-1 decode "
             "steps) are kept for reference.",
             "speeder_1tok is the same model with history_indices=False: one <item> token per history item.",
             "Baselines generate a fixed len(title)+1 (EOS) tokens; Speeder scores the pool in one forward pass.",

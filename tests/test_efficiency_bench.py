@@ -33,7 +33,8 @@ ROW_KEYS = {
 COMPARISON_KEYS = {
     "titles", "n", "baseline", "speeder", "baseline_prompt_tokens", "speeder_prompt_tokens", "train_speedup",
     "train_bound_eq3", "train_fraction_of_bound", "infer_speedup", "infer_bound_tokens", "infer_fraction_of_bound",
-    "infer_ideal_eq4",
+    "infer_ideal_eq4", "train_bound_backbone", "train_fraction_of_backbone_bound", "infer_bound_backbone",
+    "infer_fraction_of_backbone_bound",
 }
 LENGTHS = (2, 20)
 TITLES = ("real", 20)
@@ -99,6 +100,10 @@ def test_comparisons_are_the_time_ratios_and_the_token_count_bounds(report):
             (b["prompt_tokens"] + b["answer_tokens"]) / (s["prompt_tokens"] + 1))
         assert c["train_fraction_of_bound"] == pytest.approx(c["train_speedup"] / c["train_bound_eq3"])
         assert c["infer_fraction_of_bound"] == pytest.approx(c["infer_speedup"] / c["infer_bound_tokens"])
+        assert c["train_bound_backbone"] == pytest.approx(
+            efficiency.backbone_macs(b["train_sequence_tokens"], data["model"])
+            / efficiency.backbone_macs(s["train_sequence_tokens"], data["model"]))
+        assert c["infer_fraction_of_backbone_bound"] == pytest.approx(c["infer_speedup"] / c["infer_bound_backbone"])
     at20 = next(c for c in comparisons if (c["baseline"], c["titles"], c["n"], c["speeder"]) == ("llara", 20, 20,
                                                                                                    "speeder"))
     target = data["targets"]["speeder"]
@@ -179,3 +184,24 @@ def test_llara_prompt_layout(tokenizer):
     padded = LlaraPromptBuilder(tokenizer, title_tokens=7)
     assert len(padded.title_ids("Toy Story")) == 7
     assert padded.recommendation(history, candidates).title_token_counts == [7] * 5
+
+
+def test_backbone_macs_count_the_decoder_layers_weights_and_attention():
+    model, _ = build_speeder_model("tiny", text_feature_size=8, id_feature_size=8, modalities=["text", "id"])
+    config = model.config.text_config
+    shape = {"hidden_size": config.hidden_size, "num_layers": config.num_hidden_layers,
+             "intermediate_size": config.intermediate_size, "num_attention_heads": config.num_attention_heads,
+             "num_key_value_heads": config.num_key_value_heads}
+    layers = model.get_decoder().layers
+    weights = sum(module.weight.numel() for layer in layers for module in layer.modules()
+                  if isinstance(module, torch.nn.Linear))
+    # one token attending to no position: one multiply-accumulate per weight of the decoder layers' linear maps
+    assert efficiency.backbone_macs(1, shape, context=0) == weights
+    # attention adds 2·context·d per token and layer: scores against each key, then the weighted values
+    assert efficiency.backbone_macs(10, shape) - efficiency.backbone_macs(10, shape, context=0) == (
+        config.num_hidden_layers * 10 * 2 * 10 * config.hidden_size)
+    # generation: the prompt in one pass, then one cached step per generated token after the first
+    row = {"prompt_tokens": 10, "generated_tokens": 3}
+    assert efficiency.backbone_inference_macs(row, shape) == (
+        efficiency.backbone_macs(10, shape) + efficiency.backbone_macs(1, shape, 11)
+        + efficiency.backbone_macs(1, shape, 12))
