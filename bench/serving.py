@@ -11,11 +11,11 @@ re-ranked by Speeder in ONE forward pass over right-padded prompts, `--requests`
 Item embeddings come from the folder's item cache (no item encoder runs). Two ways of serving, timed interleaved
 (per batch size and repeat, each in turn, so a drifting load on a shared machine hits both alike):
 
-* **recommend_batch**: `model.recommend_batch(histories, batch_size=B)`, what the pipeline and the app call;
-* **prefix_kv_cache**: the same retrieval, then the same prompts scored with the key/value cache of the fixed
-  instruction prefix (the tokens before the first history item, the same in every prompt) computed once and reused
-  by every request; only the rest of each prompt runs through the backbone. Its scores are checked against
-  recommend_batch's (`prefix_check`).
+* **recommend_batch**: `model.recommend_batch(histories, batch_size=B)`, what the pipeline and the app call: the
+  instruction every prompt starts with runs once per batch, its keys and values repeated over the rows;
+* **without_shared_prefix**: the same retrieval, then the same prompts scored with every token of every prompt in
+  the pass (`score_candidates` without `group_size`), as `recommend_batch` did before it shared the instruction.
+  Its scores are checked against recommend_batch's (`prefix_check`).
 
 Without `--model`, the folder is made here by `save_pretrained` (model, tokenizer, item cache): the `--backbone`
 (default the tiny test Llama; `smollm2-135m-instruct` gives the demo's sizes, untrained: weights do not change the
@@ -41,19 +41,17 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from transformers import AutoModel, AutoTokenizer, DynamicCache
+from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from bench.efficiency import machine_info
-from modeling_speeder import SpeederProcessor
 from modeling_speeder.backbones import build_speeder_model
 from modeling_speeder.file_utils import write_json_atomically
-from modeling_speeder.modeling_speeder import CACHE_NAME
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-METHODS = ("recommend_batch", "prefix_kv_cache")
+METHODS = ("recommend_batch", "without_shared_prefix")
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 # Sizes of the folder made without --model: the tiny backbone's test sizes, or the demo config's (configs/demo.yaml).
 FOLDER_SIZES = {
@@ -66,58 +64,26 @@ FOLDER_SIZES = {
 DEFAULT_ITEMS = {"tiny": 200, "smollm2-135m-instruct": 1682}  # MovieLens-100K's catalogue
 
 
-class PrefixCachedRanker:
-    """Speeder's one-pass ranking with the key/value cache of the prompts' fixed instruction prefix reused.
+@torch.no_grad()
+def scores_without_shared_prefix(model, tokenizer, histories: list[list[str]],
+                                 candidate_lists: list[list[str]]) -> torch.Tensor:
+    """`(batch, K)` candidate scores with every token of every prompt in the pass: `recommend_batch`'s prompts and
+    scores without its shared instruction prefix."""
+    inputs = model.get_processor(tokenizer)(histories=histories, candidates=candidate_lists).to(model.device)
+    inputs["item_embeddings"] = inputs["item_embeddings"].to(model.dtype)
+    return model.score_candidates(**inputs, num_candidates=max(len(c) for c in candidate_lists)).float().cpu()
 
-    The prefix is the token ids every recommendation prompt starts with, up to the first `<item>`; its keys and
-    values are computed once, and each batch runs only the rest of its prompts, attending to them. Scores equal
-    `recommend`'s up to float rounding.
-    """
 
-    def __init__(self, model, tokenizer):
-        self.model = model
-        self.processor = SpeederProcessor.from_model_config(model.config, tokenizer)
-        self.builder = self.processor.prompt_builder
-        labels = len(model.config.candidate_labels)
-        probes = [self.builder.recommendation(n, k).input_ids for n in (1, 2) for k in (1, labels)]
-        length = 0
-        while (all(len(p) > length for p in probes) and len({p[length] for p in probes}) == 1
-               and probes[0][length] != self.builder.item_token_id):
-            length += 1
-        if length == 0:
-            raise ValueError("The recommendation prompts share no prefix before their first item: nothing to cache.")
-        self.prefix = probes[0][:length]
-        self.label_weights = model.lm_head.weight[torch.tensor(model.config.candidate_label_token_ids)]
-        with torch.no_grad():
-            output = model.model(input_ids=torch.tensor([self.prefix], device=model.device), use_cache=True)
-        self.keys_values = [(layer.keys, layer.values) for layer in getattr(output, CACHE_NAME).layers]
-
-    @torch.no_grad()
-    def rank(self, histories: list[list[str]], candidate_lists: list[list[str]]) -> list[list[tuple[str, float]]]:
-        """Per history, `[(item_id, score), ...]` best first, as `model.recommend(history, candidates)` gives."""
-        model, size = self.model, len(self.prefix)
-        inputs = self.processor.with_items(model.item_cache)(histories=histories, candidates=candidate_lists)
-        if not (inputs["input_ids"][:, :size] == torch.tensor(self.prefix)).all():
-            raise ValueError("A prompt does not start with the cached prefix.")
-        batch, width = inputs["input_ids"].shape[0], inputs["input_ids"].shape[1] - size
-        past = DynamicCache([(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
-                             for keys, values in self.keys_values])
-        device = model.device
-        hidden = model.model(
-            input_ids=inputs["input_ids"][:, size:].to(device), attention_mask=inputs["attention_mask"].to(device),
-            position_ids=torch.arange(size, size + width, device=device).expand(batch, -1),
-            item_embeddings=inputs["item_embeddings"].to(device=device, dtype=model.dtype),
-            item_rows=inputs["item_rows"].to(device), history_positions=inputs["history_positions"].to(device),
-            use_cache=True, **{CACHE_NAME: past},
-        ).last_hidden_state
-        last = (inputs["attention_mask"].sum(1) - 1 - size).to(device)
-        scores = (hidden[torch.arange(batch, device=device), last] @ self.label_weights.T).float().cpu()
-        rankings = []
-        for candidates, row_scores in zip(candidate_lists, scores):
-            row_scores = row_scores[: len(candidates)].tolist()
-            order = sorted(range(len(candidates)), key=lambda i: -row_scores[i])
-            rankings.append([(candidates[i], row_scores[i]) for i in order])
-        return rankings
+def shared_prefix_tokens(model, tokenizer, histories: list[list[str]]) -> int:
+    """Tokens `recommend_batch` runs once for a batch of `histories` (the first of its two backbone calls)."""
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    try:
+        model.recommend_batch(histories, tokenizer=tokenizer)
+    finally:
+        hook.remove()
+    return seen[0] if len(seen) == 2 else 0
 
 
 def make_folder(backbone: str, num_items: int, folder: Path, seed: int = 0) -> Path:
@@ -145,14 +111,17 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def check_prefix_cache(model, ranker: PrefixCachedRanker, histories: list[list[str]]) -> dict:
-    """The prefix-cached scores against `recommend_batch`'s on the same retrieved candidates."""
+def check_prefix_cache(model, tokenizer, histories: list[list[str]]) -> dict:
+    """`recommend_batch`'s scores (shared instruction prefix) against the same prompts' without it."""
     candidates = model.retrieve(histories)
-    expected = model.recommend_batch(histories, candidates)
-    got = ranker.rank(histories, candidates)
-    diffs = [abs(dict(a)[item] - score) for a, b in zip(expected, got) for item, score in b]
-    return {"requests": len(histories), "max_abs_score_diff": max(diffs),
-            "same_rankings": all([i for i, _ in a] == [i for i, _ in b] for a, b in zip(expected, got))}
+    shared = model.recommend_batch(histories, candidates, tokenizer=tokenizer)
+    plain = scores_without_shared_prefix(model, tokenizer, histories, candidates)
+    diffs, same = [], True
+    for pool, ranking, row in zip(candidates, shared, plain):
+        row = row[: len(pool)].tolist()
+        diffs += [abs(row[pool.index(item)] - score) for item, score in ranking]
+        same &= [item for item, _ in ranking] == [pool[i] for i in sorted(range(len(pool)), key=lambda i: -row[i])]
+    return {"requests": len(histories), "max_abs_score_diff": max(diffs), "same_rankings": same}
 
 
 def run(args, log=print) -> dict:
@@ -168,9 +137,9 @@ def run(args, log=print) -> dict:
     length = min(args.history_length, model.config.max_history_length, len(cache) - 1)
     counts = {size: size * -(-args.requests // size) for size in args.batch_sizes}  # whole batches, >= --requests
     requests = make_requests(cache.item_ids, max(counts.values()), length, args.seed)
-    ranker = PrefixCachedRanker(model, tokenizer)
-    check = check_prefix_cache(model, ranker, requests[: min(8, len(requests))])
-    log(f"prefix cache: {len(ranker.prefix)} tokens; scores vs recommend_batch: max |diff| "
+    prefix_tokens = shared_prefix_tokens(model, tokenizer, requests[:2])
+    check = check_prefix_cache(model, tokenizer, requests[: min(8, len(requests))])
+    log(f"shared prefix: {prefix_tokens} tokens; recommend_batch vs without it: max |score diff| "
         f"{check['max_abs_score_diff']:.2e}, same rankings: {check['same_rankings']}")
 
     def serve(method: str, batch_size: int, count: int):
@@ -179,7 +148,7 @@ def run(args, log=print) -> dict:
             if method == "recommend_batch":
                 model.recommend_batch(chunk, batch_size=batch_size, tokenizer=tokenizer)
             else:
-                ranker.rank(chunk, model.retrieve(chunk))
+                scores_without_shared_prefix(model, tokenizer, chunk, model.retrieve(chunk))
 
     times = {(method, size): [] for method in METHODS for size in args.batch_sizes}
     with torch.inference_mode():
@@ -193,7 +162,7 @@ def run(args, log=print) -> dict:
             log(f"batch {size:>3}: " + ", ".join(
                 f"{method} {counts[size] / statistics.median(times[method, size]):.1f} recs/s" for method in METHODS))
         retrieval = statistics.median(timed(lambda: model.retrieve(requests)) for _ in range(args.repeats))
-    prompt = ranker.builder.recommendation(length, len(model.config.candidate_labels))
+    prompt = model.prompt_builder(tokenizer).recommendation(length, len(model.config.candidate_labels))
     rows = []
     for (method, size), seconds in times.items():
         median = statistics.median(seconds)
@@ -209,18 +178,18 @@ def run(args, log=print) -> dict:
                   "dtype": str(model.dtype), "attn_implementation": model.config._attn_implementation,
                   "items": len(cache), "candidates_per_request": len(model.config.candidate_labels),
                   "history_length": length, "prompt_tokens": len(prompt.input_ids),
-                  "prefix_tokens": len(ranker.prefix)},
+                  "prefix_tokens": prefix_tokens},
     }
 
 
 def markdown_table(rows: list[dict]) -> str:
     sizes = sorted({row["batch_size"] for row in rows})
     value = {(row["method"], row["batch_size"]): row for row in rows}
-    lines = ["| batch size | " + " | ".join(f"{m} recs/s | {m} ms/batch" for m in METHODS) + " | prefix cache gain |",
+    lines = ["| batch size | " + " | ".join(f"{m} recs/s | {m} ms/batch" for m in METHODS) + " | shared prefix gain |",
              "| ---: |" + " ---: | ---: |" * len(METHODS) + " ---: |"]
     for size in sizes:
         cells = [f"{value[m, size]['recs_per_s']:.1f} | {value[m, size]['ms_per_batch']:.1f}" for m in METHODS]
-        gain = value["prefix_kv_cache", size]["recs_per_s"] / value["recommend_batch", size]["recs_per_s"]
+        gain = value["recommend_batch", size]["recs_per_s"] / value["without_shared_prefix", size]["recs_per_s"]
         lines.append(f"| {size} | " + " | ".join(cells) + f" | {gain:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -315,8 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
             "re-ranked by Speeder in one forward pass; item embeddings from the cache, no item encoder.",
             "recs/s = requests / median seconds to serve them batch_size at a time (requests: --requests rounded up "
             "to whole batches); ms/batch = median seconds / number of batches.",
-            "prefix_kv_cache: the fixed instruction prefix's keys and values computed once, reused by every batch; "
-            "prefix_check compares its scores with recommend_batch's.",
+            "recommend_batch runs the instruction every prompt starts with once per batch (prefix_tokens), its keys "
+            "and values repeated over the rows; without_shared_prefix runs every token of every prompt; "
+            "prefix_check compares their scores.",
             "Timed runs interleave the methods per batch size and repeat; read the load averages (shared machines).",
         ],
         "wall_s": time.perf_counter() - started,
@@ -329,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
          f"{machine['torch_threads']} thread(s)")
     print()
     print(table)
-    print(f"Prompt {model['prompt_tokens']} tokens, cached prefix {model['prefix_tokens']}; retrieval "
+    print(f"Prompt {model['prompt_tokens']} tokens, shared prefix {model['prefix_tokens']}; retrieval "
           f"{report['retrieval_ms_per_rec']:.2f} ms/rec. Load average start {load_start}, end "
           f"{machine['load_average_end']}. Wall {report['wall_s']:.0f} s. Wrote {out / 'serving.json'} and "
           f"{out / 'serving.png'}")

@@ -670,15 +670,17 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         num_candidates: int | None = None,
+        group_size: int = 1,
         **item_inputs,
     ) -> torch.Tensor:
         """Candidate scores `(batch, num_candidates)` from ONE forward pass: the logits of the candidate label tokens
-        at the answer position (prompts end with "Answer:")."""
+        at the answer position (prompts end with "Answer:"). `group_size` as in `answer_logits`."""
         if self.config.candidate_label_token_ids is None:
             raise ValueError("config.candidate_label_token_ids is unset: build the model with its tokenizer.")
         num_candidates = num_candidates or len(self.config.candidate_label_token_ids)
         token_ids = self.config.candidate_label_token_ids[:num_candidates]
-        return self.answer_logits(input_ids, token_ids, attention_mask=attention_mask, **item_inputs)
+        return self.answer_logits(input_ids, token_ids, attention_mask=attention_mask, group_size=group_size,
+                                  **item_inputs)
 
     def prompt_builder(self, tokenizer) -> SpeederPromptBuilder:
         """The prompt builder this model was trained with, checked against the config's token ids."""
@@ -867,14 +869,16 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     def _rank(self, histories: list[list], candidate_lists: list[list], tokenizer=None) -> list[list[tuple]]:
         """Scores each history's candidates in ONE forward pass over right-padded prompts; per history,
-        `[(item_id, score), ...]` best first."""
+        `[(item_id, score), ...]` best first. The instruction every prompt starts with runs once for the batch, its
+        keys and values repeated over the rows (`answer_logits`' `group_size`)."""
         cache = self.item_cache
         inputs = self.get_processor(tokenizer)(histories=histories, candidates=candidate_lists).to(self.device)
         inputs["item_embeddings"] = inputs["item_embeddings"].to(self.dtype)
         was_training = self.training
         self.eval()
         try:
-            scores = self.score_candidates(**inputs, num_candidates=max(len(c) for c in candidate_lists)).float().cpu()
+            scores = self.score_candidates(**inputs, num_candidates=max(len(c) for c in candidate_lists),
+                                           group_size=len(histories)).float().cpu()
         finally:
             self.train(was_training)
         rankings = []

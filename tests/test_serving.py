@@ -51,8 +51,10 @@ def model(exported) -> SpeederForSequentialRec:
 
 
 def forward_passes(model) -> list:
+    """The (rows, tokens) of every backbone call from now on."""
     calls = []
-    model.model.language_model.register_forward_hook(lambda *args: calls.append(1))
+    model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
     return calls
 
 
@@ -122,12 +124,17 @@ def test_batched_recommendations_equal_one_at_a_time_in_one_pass(model):
     histories = [["item1", "item2"], ["item5", "item6", "item7", "item8", "item9"], ["item20"]]
     calls = forward_passes(model)
     batched = model.recommend_batch(histories, top_k=3)
-    assert len(calls) == 1
+    # one pass: the instruction every prompt starts with once, then the rest of every row attending to it
+    (one, prefix), (rows, rest) = calls
+    assert (one, rows) == (1, 3) and prefix >= 5 and prefix + rest == model.get_processor()(
+        histories=histories, candidates=model.retrieve(histories))["input_ids"].shape[1]
     for history, ranking in zip(histories, batched):
         single = model.recommend(history, top_k=3)
+        assert calls[-1][0] == 1  # a batch of one: one plain pass
         assert [item for item, _ in ranking] == [item for item, _ in single]
         assert [score for _, score in ranking] == pytest.approx([score for _, score in single], abs=1e-4)
-    assert len(model.recommend_batch(histories, batch_size=2)) == 3 and len(calls) == 1 + 3 + 2
+    calls.clear()
+    assert len(model.recommend_batch(histories, batch_size=2)) == 3 and [n for n, _ in calls] == [1, 2, 1]
     given = model.recommend_batch(histories, [["item3", "item4"], ["item1"], ["item2", "item3", "item4"]])
     assert [len(ranking) for ranking in given] == [2, 1, 3]
 
@@ -188,12 +195,13 @@ def test_pipeline_serves_the_folder_in_a_fresh_process(exported):
         assert type(recommender).__module__.startswith("transformers_modules"), type(recommender).__module__
         model = recommender.model
         calls = []
-        model.model.language_model.register_forward_hook(lambda *args: calls.append(1))
+        model.model.language_model.register_forward_pre_hook(
+            lambda module, args, kwargs: calls.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
         by_id = recommender(["item1", "item2", "item3"], top_k=3)
         by_title = recommender(["item 1", "item2", "item 3"], top_k=3)
         histories = [["item1", "item2", "item3"], ["item 10"], ["item4", "item5"]]
         batch = recommender(histories, top_k=2)
-        assert len(calls) == 3, calls  # the batch of three ran in one forward pass
+        assert calls == [1, 1, 1, 3], calls  # the batch of three in one pass, after its shared instruction once
         sasrec = recommender(["item1", "item2"], retriever="sasrec", num_candidates=4)
         given = recommender(["item1"], candidate_item_ids=["item 5", "item6"])
         errors = {{}}

@@ -1,5 +1,6 @@
-"""bench/serving.py on the tiny backbone: the command makes its folder, writes the JSON and the PNG, and its
-prefix-cached ranking equals `recommend` on mixed batches. No timing assertions: these machines are noisy."""
+"""bench/serving.py on the tiny backbone: the command makes its folder, writes the JSON and the PNG, and its scores
+without the shared instruction prefix equal `recommend_batch`'s on mixed batches. No timing assertions: these machines
+are noisy."""
 
 import importlib.util
 import json
@@ -37,19 +38,19 @@ def test_bench_writes_json_and_png(tmp_path):
 
 
 @pytest.mark.parametrize("history_indices", [True, False])
-def test_prefix_cached_ranking_equals_recommend_on_mixed_batches(history_indices):
+def test_recommend_batch_with_its_shared_prefix_scores_as_the_whole_prompts_do(history_indices):
     model, tokenizer = tiny_model(history_indices=history_indices)
     model.add_items([f"m{i}" for i in range(20)], **item_inputs(20))
     model.eval()
-    ranker = serving.PrefixCachedRanker(model, tokenizer)
-    item_token = tokenizer.convert_tokens_to_ids("<item>")
-    assert item_token not in ranker.prefix and ranker.prefix == model.prompt_builder(tokenizer).recommendation(
-        3, 5).input_ids[: len(ranker.prefix)]
     histories = [["m1"], ["m2", "m3", "m4", "m5", "m6", "m7"], ["m8", "m9", "m10"]]
     candidates = [["m11", "m12", "m13", "m14", "m15"], ["m16"], ["m17", "m18"]]
-    got = ranker.rank(histories, candidates)
-    for history, pool, ranking in zip(histories, candidates, got):
-        expected = model.recommend(history, pool, tokenizer=tokenizer)
-        assert [item for item, _ in ranking] == [item for item, _ in expected]
-        assert torch.allclose(torch.tensor([s for _, s in ranking]), torch.tensor([s for _, s in expected]),
-                              atol=1e-4)
+    plain = serving.scores_without_shared_prefix(model, tokenizer, histories, candidates)
+    shared = model.recommend_batch(histories, candidates, tokenizer=tokenizer)
+    for pool, ranking, row in zip(candidates, shared, plain):
+        assert [item for item, _ in ranking] == sorted(pool, key=lambda item: -row[pool.index(item)].item())
+        assert torch.allclose(torch.tensor([s for _, s in ranking]),
+                              torch.stack([row[pool.index(item)] for item, _ in ranking]), atol=1e-4)
+    prefix = serving.shared_prefix_tokens(model, tokenizer, histories)
+    item_token = tokenizer.convert_tokens_to_ids("<item>")
+    instruction = model.prompt_builder(tokenizer).recommendation(3, 5).input_ids
+    assert prefix == instruction.index(item_token)  # everything before the first history item
