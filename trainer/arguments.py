@@ -159,19 +159,19 @@ class SpeederArguments:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+BF16_INSTRUCTIONS = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}  # torch.cpu checks
+
+
+def cpu_bf16_instructions() -> dict[str, bool]:
+    """Which instruction sets that multiply bf16 in hardware this CPU has, e.g. {"AMX": False, "AVX512-BF16": True}."""
+    checks = {name: getattr(torch.cpu, check, None) for name, check in BF16_INSTRUCTIONS.items()}
+    return {name: bool(check is not None and check()) for name, check in checks.items()}
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 in hardware: AMX tiles, or AVX512-BF16 (bf16 matrix products ~3x fp32
-    on a 2-core AMD EPYC). Without either, bf16 is emulated and slower than fp32."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check is not None and check() for check in checks)
-
-
-def cpu_bf16_instructions() -> str:
-    """Which of AMX and AVX512-BF16 this CPU has, e.g. "AMX yes, AVX512-BF16 yes"."""
-    def has(name: str) -> str:
-        check = getattr(torch.cpu, name, None)
-        return "yes" if check is not None and check() else "no"
-    return f"AMX {has('_is_amx_tile_supported')}, AVX512-BF16 {has('_is_avx512_bf16_supported')}"
+    """True when this CPU multiplies bf16 in hardware (AMX or AVX512-BF16); without either, bf16 is emulated and
+    slower than fp32."""
+    return any(cpu_bf16_instructions().values())
 
 
 def machine_description() -> str:
@@ -183,8 +183,8 @@ def machine_description() -> str:
                  if line.startswith("model name")]
         model = names[0] if names else model
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{model}, {torch.get_num_threads()} torch threads, {cpu_bf16_instructions()}, {gpu}, "
-            f"torch {torch.__version__}")
+    instructions = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu_bf16_instructions().items())
+    return f"{model}, {torch.get_num_threads()} torch threads, {instructions}, {gpu}, torch {torch.__version__}"
 
 
 @dataclass
