@@ -111,7 +111,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def check_prefix_cache(model, tokenizer, histories: list[list[str]]) -> dict:
+def check_shared_prefix(model, tokenizer, histories: list[list[str]]) -> dict:
     """`recommend_batch`'s scores (shared instruction prefix) against the same prompts' without it."""
     candidates = model.retrieve(histories)
     shared = model.recommend_batch(histories, candidates, tokenizer=tokenizer)
@@ -138,7 +138,7 @@ def run(args, log=print) -> dict:
     counts = {size: size * -(-args.requests // size) for size in args.batch_sizes}  # whole batches, >= --requests
     requests = make_requests(cache.item_ids, max(counts.values()), length, args.seed)
     prefix_tokens = shared_prefix_tokens(model, tokenizer, requests[:2])
-    check = check_prefix_cache(model, tokenizer, requests[: min(8, len(requests))])
+    check = check_shared_prefix(model, tokenizer, requests[: min(8, len(requests))])
     log(f"shared prefix: {prefix_tokens} tokens; recommend_batch vs without it: max |score diff| "
         f"{check['max_abs_score_diff']:.2e}, same rankings: {check['same_rankings']}")
 
