@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,10 @@ def valid_fields(name: str) -> list[str]:
 
 
 def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, output_dir: str | os.PathLike | None = None,
-                   **overrides: Any) -> BaselineResult:
+                   train_rows: Sequence[int] | None = None, **overrides: Any) -> BaselineResult:
     """Train baseline `name` on `DATA_DIR/sequences` (train split), select on valid, score the stored test pools.
+
+    `train_rows`: the indices of the train split's rows to train on (default all), e.g. other users' rows only.
 
     `overrides` are fields of the model's config (e.g. `hidden_size`, `loss_type`) or of
     `BaselineTrainingArguments` (e.g. `epochs`, `patience`). Writes `<name>.json` and its predictions into
@@ -95,6 +98,8 @@ def train_baseline(name: str, data_dir: str | os.PathLike, seed: int = 42, outpu
 
     data_dir = Path(data_dir)
     splits, num_items = load_baseline_data(data_dir)
+    if train_rows is not None:
+        splits["train"] = splits["train"].select(train_rows)
     start = time.perf_counter()
     devices = [torch.device(args.device)] if torch.device(args.device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

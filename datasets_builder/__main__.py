@@ -202,7 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     pools.add_argument("--num-candidates", metavar="K", default=20,
                        type=_int_at_least(2, "; the target and a negative"),
                        help="pool size: the target plus K-1 retrieved negatives (default 20)")
-    pools.add_argument("--seed", type=int, default=42, help="seed of the candidates' order (default 42)")
+    pools.add_argument("--seed", type=int, default=42,
+                       help="seed of the candidates' order, the random negatives and the folds (default 42)")
+    pools.add_argument("--cross-fit-folds", type=int, default=5, metavar="F",
+                       help="score each train row with a SASRec trained on the other F-1 folds of train users, as "
+                            "hard as a test user's pool (default 5; 0: the SASRec that saw the row)")
+    pools.add_argument("--random-negatives", type=int, default=0, metavar="M",
+                       help="of the K-1 negatives, M drawn at random from the items the user never had, the rest "
+                            "retrieved (default 0)")
 
     synthetic = commands.add_parser("synthetic", help="write the generated image-dependent raw data set")
     synthetic.add_argument("--out", required=True, metavar="RAW_DIR")
@@ -245,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             _print_build(stats, args.out)
             _compute_features(args.out, args)
         elif args.command == "retrieved-pools":
-            stats = write_retrieved_pools(args.data_dir, args.out, args.num_candidates, args.seed)
+            stats = write_retrieved_pools(args.data_dir, args.out, args.num_candidates, args.seed,
+                                          cross_fit_folds=args.cross_fit_folds,
+                                          random_negatives=args.random_negatives)
             print(f"{args.out}: pools of {args.num_candidates} with SASRec's negatives; the target is in SASRec's top "
                   f"{args.num_candidates} for {json.dumps(stats['retrieved_pools']['target_in_retriever_top_k'])} of "
                   "the rows")

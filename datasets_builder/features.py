@@ -32,7 +32,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -414,10 +414,12 @@ def _id_features(data_dir: Path, sequences, num_items: int, seed: int, kwargs: d
     return features, torch.ones(num_items, dtype=torch.bool), counts
 
 
-def train_id_sasrec(data_dir: str | os.PathLike) -> tuple[baselines.BaselineResult, int, dict]:
+def train_id_sasrec(data_dir: str | os.PathLike,
+                    train_rows: Sequence[int] | None = None) -> tuple[baselines.BaselineResult, int, dict]:
     """SASRec trained as DATA_DIR's ID features were: on DATA_DIR (on its source, for retrieved pools, whose features
-    are the source's), with the seed and options their manifest records, else the defaults (seed 42). Returns
-    `(result, seed, options)`; the report and predictions `train_baseline` writes go to a scratch folder."""
+    are the source's), with the seed and options their manifest records, else the defaults (seed 42); on the train
+    rows `train_rows` only when given. Returns `(result, seed, options)`; the report and predictions
+    `train_baseline` writes go to a scratch folder."""
     data_dir = Path(data_dir)
     manifest = read_feature_manifest(data_dir / "features" / "id.safetensors")
     options = dict(manifest["key"]["options"]) if manifest and manifest["key"].get("kind") == "sasrec" else {}
@@ -429,7 +431,8 @@ def train_id_sasrec(data_dir: str | os.PathLike) -> tuple[baselines.BaselineResu
         raise FileNotFoundError(f"{data_dir} holds retrieved pools of {source}, which is gone: SASRec trains on the "
                                 "data its ID features came from. Rebuild it, or write the pools again.")
     with tempfile.TemporaryDirectory() as scratch:
-        result = baselines.train_baseline("sasrec", source or data_dir, seed=seed, output_dir=scratch, **options)
+        result = baselines.train_baseline("sasrec", source or data_dir, seed=seed, output_dir=scratch,
+                                          train_rows=train_rows, **options)
     return result, seed, options
 
 

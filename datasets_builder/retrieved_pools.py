@@ -9,12 +9,20 @@ negatives of full-catalogue recommendation (`recommend(history)` re-ranks SASRec
 hold random never-interacted items. An item the user had outside the stored windows (the built data keeps the last
 `max_history` items of each row) may still be among them.
 
+A train row's negatives are cross-fitted (`cross_fit_folds`, default 5): the train users are split into folds, and
+a row is scored by a SASRec trained on the other folds' rows only, so that its pool is as hard as a valid or test
+user's, whom SASRec never saw (scored by SASRec trained on every train row, the export's retriever). `0` scores
+train rows with that SASRec too, which saw them: its top K then holds their target far more often than a test
+user's. `random_negatives` of the negatives are drawn at random from the items left (never the user's), the rest
+retrieved.
+
 POOLS_DIR is a complete DATA_DIR for the trainer and the baselines (`train_id_sasrec` and the export's SASRec
 retriever train on DATA_DIR, where its ID features came from): the new `sequences/` (no extra pools: a retrieved
 pool is one per row), and `items/`, `features/`, `image_urls.tsv` copied from DATA_DIR. Its `stats.json` is
 DATA_DIR's, whose sequence fingerprint still names the data the ID features were trained on, plus a
-`retrieved_pools` record (source, K, seed, the retriever's options and test metrics, and how often the target
-would have been in SASRec's top K). Written atomically; a rerun with the same settings and source data is skipped.
+`retrieved_pools` record (source, K, seed, folds, random negatives, the retriever's options and test metrics, and
+how often the target would have been in the row's retriever's top K). Written atomically; a rerun with the same
+settings and source data is skipped.
 """
 
 import json
@@ -40,8 +48,9 @@ POOLS_OUTPUTS = (*BUILD_OUTPUTS, "features")
 
 
 def retrieved_pool(scores: torch.Tensor, target: int, user_items: set[int], num_candidates: int,
-                   rng: np.random.Generator) -> tuple[list[int], int]:
-    """The target plus the `num_candidates - 1` best-scored items outside `user_items`, shuffled.
+                   rng: np.random.Generator, random_negatives: int = 0) -> tuple[list[int], int]:
+    """The target plus the `num_candidates - 1 - random_negatives` best-scored items outside `user_items` and
+    `random_negatives` items drawn from the rest, shuffled.
 
     Args:
         scores: the retriever's `(num_items,)` scores, indexed by item index.
@@ -52,13 +61,19 @@ def retrieved_pool(scores: torch.Tensor, target: int, user_items: set[int], num_
     """
     allowed = torch.ones(scores.shape[0], dtype=torch.bool)
     allowed[sorted(user_items | {target})] = False
-    candidates = [int(target)] + top_rows(scores, num_candidates - 1, allowed)
+    negatives = top_rows(scores, num_candidates - 1 - random_negatives, allowed)
+    if random_negatives:
+        allowed[negatives] = False
+        rest = np.flatnonzero(allowed.numpy())
+        negatives += [int(i) for i in rng.choice(rest, random_negatives, replace=False)]
+    candidates = [int(target)] + negatives
     order = rng.permutation(num_candidates)
     return [candidates[k] for k in order], int(np.flatnonzero(order == 0)[0])
 
 
 def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLike, num_candidates: int = 20,
-                          seed: int = 42, batch_size: int = 256) -> dict:
+                          seed: int = 42, batch_size: int = 256, cross_fit_folds: int = 5,
+                          random_negatives: int = 0) -> dict:
     """Write POOLS_DIR = `out_dir` from the built `data_dir` (module docstring). Returns its stats."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if out_dir.resolve() == data_dir.resolve():
@@ -73,34 +88,53 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if not 2 <= num_candidates <= num_items - most + 1:
         raise ValueError(f"--num-candidates must be between 2 and {num_items - most + 1} (the {num_items} items less "
                          f"the {most} that one user has in the stored rows, plus the target), got {num_candidates}.")
+    if not 0 <= random_negatives <= num_candidates - 1:
+        raise ValueError(f"--random-negatives must be between 0 and {num_candidates - 1} (the pool's negatives), got "
+                         f"{random_negatives}.")
+    train_users = sorted({str(user) for user in sequences["train"]["user_id"]})
+    if cross_fit_folds == 1 or not 0 <= cross_fit_folds <= len(train_users):
+        raise ValueError(f"--cross-fit-folds must be 0 (no cross-fitting) or between 2 and {len(train_users)} (the "
+                         f"train users), got {cross_fit_folds}.")
     source_fingerprint = (stats.get("fingerprints") or {}).get("sequences")
     record = {"source": str(data_dir.resolve()), "source_fingerprint": source_fingerprint,
-              "num_candidates": num_candidates, "seed": seed}
+              "num_candidates": num_candidates, "seed": seed, "cross_fit_folds": cross_fit_folds,
+              "random_negatives": random_negatives}
     previous = _stats(out_dir)
     if previous and {k: previous.get("retrieved_pools", {}).get(k) for k in record} == record:
         logger.info("%s already holds these retrieved pools: skipped.", out_dir)
         return previous
 
-    result, sasrec_seed, options = train_id_sasrec(data_dir)
     item_ids = [str(item_id) for item_id in items["item_id"]]  # row = item_index
+    result, sasrec_seed, options = train_id_sasrec(data_dir)
     retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
+    # (retriever, the split's row indices it scores) per split; train rows by their fold's retriever
+    scorers = {name: [(retriever, range(len(sequences[name])))] for name in SPLIT_NAMES}
+    if cross_fit_folds:
+        scorers["train"] = []
+        for rows in tqdm(user_folds(sequences["train"]["user_id"], cross_fit_folds, seed), desc="cross-fitted SASRec"):
+            held_out = set(rows)
+            others = [i for i in range(len(sequences["train"])) if i not in held_out]
+            fold_result, _, _ = train_id_sasrec(data_dir, train_rows=others)
+            scorers["train"].append((SpeederSASRecRetriever.from_sasrec(fold_result.model.cpu(), item_ids).eval(),
+                                     rows))
     rng = np.random.default_rng(seed)
     splits, in_top_k = {}, {}
     for name in SPLIT_NAMES:
         rows = sequences[name].to_dict()
-        rows["candidates"], rows["label"], hits = [], [], 0
-        for start in tqdm(range(0, len(rows["history"]), batch_size), desc=f"{name} retrieved pools", leave=False):
-            histories = rows["history"][start:start + batch_size]
-            with torch.no_grad():
-                scores = retriever.score([[item_ids[i] for i in history] for history in histories])
-            for user, history, target, row_scores in zip(rows["user_id"][start:start + batch_size], histories,
-                                                         rows["target"][start:start + batch_size], scores):
-                candidates, label = retrieved_pool(row_scores, target, user_items[str(user)], num_candidates, rng)
-                rows["candidates"].append(candidates)
-                rows["label"].append(label)
-                allowed = torch.ones(num_items, dtype=torch.bool)
-                allowed[history] = False
-                hits += target in top_rows(row_scores, num_candidates, allowed)
+        candidates, labels, hits = [None] * len(rows["history"]), [None] * len(rows["history"]), 0
+        for split_retriever, indices in scorers[name]:
+            for start in tqdm(range(0, len(indices), batch_size), desc=f"{name} retrieved pools", leave=False):
+                batch = list(indices[start:start + batch_size])
+                with torch.no_grad():
+                    scores = split_retriever.score([[item_ids[i] for i in rows["history"][row]] for row in batch])
+                for row, row_scores in zip(batch, scores):
+                    target, user = rows["target"][row], str(rows["user_id"][row])
+                    candidates[row], labels[row] = retrieved_pool(row_scores, target, user_items[user], num_candidates,
+                                                                  rng, random_negatives)
+                    allowed = torch.ones(num_items, dtype=torch.bool)
+                    allowed[rows["history"][row]] = False
+                    hits += target in top_rows(row_scores, num_candidates, allowed)
+        rows["candidates"], rows["label"] = candidates, labels
         splits[name] = Dataset.from_dict(rows, features=SEQUENCE_FEATURES)
         in_top_k[name] = round(hits / max(1, len(rows["history"])), 4)
     for name in POOL_SPLIT_NAMES:
@@ -128,6 +162,17 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     logger.info("Wrote %s: pools of %d with SASRec's negatives; target in SASRec's top %d: %s.", out_dir,
                 num_candidates, num_candidates, in_top_k)
     return stats
+
+
+def user_folds(user_ids: list, num_folds: int, seed: int) -> list[list[int]]:
+    """The row indices of `user_ids` in `num_folds` folds of users (a user's rows stay together), seeded."""
+    users = sorted({str(user) for user in user_ids})
+    fold_of = {users[k]: position % num_folds
+               for position, k in enumerate(np.random.default_rng(seed).permutation(len(users)))}
+    folds = [[] for _ in range(num_folds)]
+    for row, user in enumerate(user_ids):
+        folds[fold_of[str(user)]].append(row)
+    return folds
 
 
 def _stats(out_dir: Path) -> dict | None:

@@ -9,6 +9,7 @@ import torch
 from datasets import DatasetDict, load_from_disk
 from speeder_fixtures import write_planted_dataset
 
+import baselines
 from datasets_builder.__main__ import main as builder
 from datasets_builder.build import load_built_dataset, stored_user_items
 from datasets_builder.features import train_id_sasrec
@@ -41,7 +42,9 @@ def pools_dir(data_dir, tmp_path_factory):
     return out
 
 
-def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_dir, pools_dir):
+def check_pools(pools_dir, data_dir, splits, retrieved: int):
+    """Every pool of `splits` is the target, the `retrieved` best items of SASRec trained on every train row
+    (outside the user's items), and random items the user never had."""
     sequences, items, _ = load_built_dataset(pools_dir)
     source = load_built_dataset(data_dir)[0]
     user_items = stored_user_items(source)
@@ -49,7 +52,7 @@ def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_
     result, _, _ = train_id_sasrec(pools_dir)  # seeded, on the source's rows: the model that retrieved the pools
     item_ids = [str(i) for i in items["item_id"]]
     retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
-    for name in ("train", "valid", "test"):
+    for name in splits:
         rows = sequences[name]
         assert rows["history"] == source[name]["history"] and rows["target"] == source[name]["target"]
         with torch.no_grad():
@@ -59,10 +62,47 @@ def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_
             assert len(set(candidates)) == 8 and candidates[row["label"]] == row["target"]
             negatives = set(candidates) - {row["target"]}
             assert not negatives & user_items[row["user_id"]]
-            others = [i for i in range(len(items)) if i not in negatives | user_items[row["user_id"]]]
-            assert min(row_scores[list(negatives)]) >= max(row_scores[others])  # no better item was left out
+            others = [i for i in range(len(items)) if i not in user_items[row["user_id"]]]
+            best = sorted(others, key=lambda i: -float(row_scores[i]))[:retrieved]
+            assert set(best) <= negatives  # no better item was left out
     assert len(sequences["valid_pools"]) == len(sequences["test_pools"]) == 0  # one retrieved pool per row
     assert sequences["ppt_train"]["ppt_positions"] == source["ppt_train"]["ppt_positions"]
+
+
+def test_each_pool_is_the_target_and_sasrecs_best_items_the_user_never_had(data_dir, pools_dir, tmp_path):
+    check_pools(pools_dir, data_dir, ("valid", "test"), retrieved=7)
+    in_sample = tmp_path / "in_sample"
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(in_sample), "--num-candidates", "8",
+                    "--cross-fit-folds", "0"]) == 0
+    check_pools(in_sample, data_dir, ("train", "valid", "test"), retrieved=7)
+
+
+def test_random_negatives_join_the_retrieved_ones(data_dir, tmp_path):
+    mixed = tmp_path / "mixed"
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(mixed), "--num-candidates", "8",
+                    "--random-negatives", "3"]) == 0
+    check_pools(mixed, data_dir, ("valid", "test"), retrieved=4)
+    stats = json.loads((mixed / "stats.json").read_text())["retrieved_pools"]
+    assert stats["random_negatives"] == 3 and stats["cross_fit_folds"] == 5
+
+
+def test_train_rows_are_retrieved_by_a_sasrec_that_never_saw_their_user(data_dir, tmp_path, monkeypatch):
+    train_users = load_built_dataset(data_dir)[0]["train"]["user_id"]
+    calls = []
+    real = baselines.train_baseline
+
+    def recording(name, path, train_rows=None, **kwargs):
+        calls.append(train_rows)
+        return real(name, path, train_rows=train_rows, **kwargs)
+
+    monkeypatch.setattr("baselines.train_baseline", recording)
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(tmp_path / "pools"), "--num-candidates", "8",
+                    "--cross-fit-folds", "3"]) == 0
+    assert calls[0] is None and len(calls) == 4  # every train row for valid and test, then one SASRec per fold
+    folds = [set(range(len(train_users))) - set(rows) for rows in calls[1:]]
+    assert set().union(*folds) == set(range(len(train_users))) and sum(map(len, folds)) == len(train_users)
+    for held_out, trained_on in zip(folds, calls[1:]):
+        assert not {train_users[i] for i in held_out} & {train_users[i] for i in trained_on}
 
 
 def test_pools_record_their_source_and_a_rerun_is_skipped(data_dir, pools_dir, capsys):
@@ -85,6 +125,8 @@ def test_the_trainer_reads_retrieved_pools_with_one_label_per_candidate(pools_di
 @pytest.mark.parametrize("flags, message", [
     (["--num-candidates", "40"], "--num-candidates must be between 2 and "),
     (["--out", "{data}"], "is DATA_DIR itself"),
+    (["--num-candidates", "8", "--random-negatives", "8"], "--random-negatives must be between 0 and 7"),
+    (["--num-candidates", "8", "--cross-fit-folds", "1"], "--cross-fit-folds must be 0 (no cross-fitting) or between 2 and"),
 ])
 def test_bad_pool_settings_are_named(data_dir, tmp_path, capsys, flags, message):
     flags = [flag.format(data=data_dir) for flag in flags]
