@@ -152,6 +152,21 @@ def test_later_stage_without_its_predecessor_is_refused(data_dir, tmp_path):
         run(data_dir, tmp_path, "--stages", "2,3", "--max_steps", "1")
 
 
+def test_a_run_starts_from_another_runs_adapter(data_dir, tmp_path):
+    run(data_dir, tmp_path / "first", "--ablation", "wo_stages12", "--max_steps", "2")
+    adapter = tmp_path / "first" / "stage3" / "adapter"
+    # a step at learning rate 0 leaves the weights where they started
+    run(data_dir, tmp_path / "continued", "--stages", "3", "--init_adapter", str(adapter), "--max_steps", "1",
+        "--learning_rate", "0")
+    run(data_dir, tmp_path / "fresh", "--ablation", "wo_stages12", "--max_steps", "1", "--learning_rate", "0")
+    first = load_file(str(adapter / "adapter_model.safetensors"))
+    continued = load_file(str(tmp_path / "continued" / "stage3" / "adapter" / "adapter_model.safetensors"))
+    fresh = load_file(str(tmp_path / "fresh" / "stage3" / "adapter" / "adapter_model.safetensors"))
+    assert first.keys() == continued.keys() == fresh.keys()
+    assert all(torch.equal(first[name], continued[name]) for name in first)
+    assert not all(torch.equal(first[name], fresh[name]) for name in first)
+
+
 def test_training_learns_what_the_item_features_say(tmp_path):
     # targets are always the items whose ID features carry an offset: the item encoder, the splice, LoRA and the
     # answer head must all work together to rise from chance (0.2) to near 1
@@ -209,10 +224,11 @@ def test_a_train_subset_is_a_seeded_sample_of_the_whole_split():
      ("--lora_target_modules", "qq_proj", "its linear layers are"),
      ("--stage_epochs", "4=1", "stage_epochs entries are STAGE=EPOCHS"),
      ("--stage_epochs", "1=0", "stage_epochs entries are STAGE=EPOCHS"),
-     ("--prefix_min_history", "-1", "prefix_min_history must be >= 0")],
+     ("--prefix_min_history", "-1", "prefix_min_history must be >= 0"),
+     ("--init_adapter", "no/such/run/stage3/adapter", "holds no adapter_config.json")],
 )
 def test_bad_values_fail_before_training_naming_the_valid_ones(data_dir, tmp_path, flag, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         run(data_dir, tmp_path, flag, value, "--max_steps", "1")
     assert not list(tmp_path.glob("stage*/adapter"))
 

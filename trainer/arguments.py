@@ -115,6 +115,12 @@ class SpeederArguments:
     eval_batch_size: int = 16
     eval_generate: bool = field(default=True, metadata={"help": "Measure ValidRatio by free generation."})
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted stage from its last checkpoint."})
+    init_adapter: str | None = field(
+        default=None,
+        metadata={"help": "A finished stage's adapter folder (RUN_DIR/stageN/adapter) that the first stage this run "
+                          "trains starts from instead of fresh weights, e.g. a model trained on 5-candidate pools "
+                          "trained further on retrieved pools of 20 (`--stages 3`)."},
+    )
 
     def model_config_kwargs(self) -> dict:
         """The `SpeederConfig` fields these arguments set (`MODEL_CONFIG_FIELDS`)."""
@@ -141,6 +147,9 @@ class SpeederArguments:
             raise ValueError(f"prefix_min_history must be >= 0 (0 = off), got {self.prefix_min_history}.")
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}.")
+        if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"init_adapter {self.init_adapter} holds no adapter_config.json: give a finished "
+                                    "stage's adapter folder, RUN_DIR/stageN/adapter.")
         return self
 
     @property

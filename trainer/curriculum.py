@@ -137,15 +137,19 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
 
 
 def _previous_adapter(run_dir: Path, number: int, args: SpeederArguments, skipped: list[int]) -> Path | None:
-    """The adapter a stage starts from; None (fresh weights) for the first stage that has data in this run."""
+    """The adapter a stage starts from; for the first stage that has data in this run `--init_adapter`, else None
+    (fresh weights)."""
     earlier = [n for n in STAGES if n < number and (run_dir / f"stage{n}" / STAGE_DONE).exists()]
     if earlier:
         return run_dir / f"stage{max(earlier)}" / "adapter"
+    if args.init_adapter is not None:
+        return Path(args.init_adapter)
     if number == 1 or args.ablation in STAGE_SKIPPING_ABLATIONS or set(range(1, number)) <= set(skipped):
         return None
     needed = max(n for n in range(1, number) if n not in skipped)
     raise ValueError(
         f"Stage {number} starts from stage {needed}'s weights, but {run_dir} has no finished stage {needed}: "
-        f"run it first (--stages {needed},{number}), or start fresh with --ablation wo_stage1 / wo_stages12."
+        f"run it first (--stages {needed},{number}), start fresh with --ablation wo_stage1 / wo_stages12, or from "
+        "another run's adapter with --init_adapter RUN_DIR/stageN/adapter."
     )
 
