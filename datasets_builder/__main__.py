@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     pools.add_argument("--random-negatives", type=int, default=0, metavar="M",
                        help="of the K-1 negatives, M drawn at random from the items the user never had, the rest "
                             "retrieved (default 0)")
+    pools.add_argument("--top-k-pools", action="store_true",
+                       help="a pool is the retriever's top K itself, the pool a re-ranker meets; rows whose target "
+                            "it misses are dropped (default: the target plus K-1 retrieved negatives for every row)")
+    pools.add_argument("--prefix-min-history", type=int, default=0, metavar="N",
+                       help="also write a train row per history prefix of >= N items, retrieved for its own target "
+                            "(train with --prefix_min_history 0 then; default 0: none)")
 
     synthetic = commands.add_parser("synthetic", help="write the generated image-dependent raw data set")
     synthetic.add_argument("--out", required=True, metavar="RAW_DIR")
@@ -254,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "retrieved-pools":
             stats = write_retrieved_pools(args.data_dir, args.out, args.num_candidates, args.seed,
                                           cross_fit_folds=args.cross_fit_folds,
-                                          random_negatives=args.random_negatives)
+                                          random_negatives=args.random_negatives,
+                                          top_k_pools=args.top_k_pools,
+                                          prefix_min_history=args.prefix_min_history)
             print(f"{args.out}: pools of {args.num_candidates} with SASRec's negatives; the target is in SASRec's top "
                   f"{args.num_candidates} for {json.dumps(stats['retrieved_pools']['target_in_retriever_top_k'])} of "
                   "the rows")

@@ -71,9 +71,39 @@ def retrieved_pool(scores: torch.Tensor, target: int, user_items: set[int], num_
     return [candidates[k] for k in order], int(np.flatnonzero(order == 0)[0])
 
 
+def top_k_pool(scores: torch.Tensor, target: int, user_items: set[int], num_candidates: int,
+               rng: np.random.Generator) -> tuple[list[int], int] | None:
+    """The retriever's `num_candidates` best items outside `user_items` but the target, shuffled, when the target is
+    among them (the pool a re-ranker meets); None when it is not.
+
+    Returns:
+        `(candidates, label)`, label = index of the target in candidates, or None.
+    """
+    allowed = torch.ones(scores.shape[0], dtype=torch.bool)
+    allowed[sorted(user_items - {target})] = False
+    pool = top_rows(scores, num_candidates, allowed)
+    if target not in pool:
+        return None
+    candidates = [pool[k] for k in rng.permutation(num_candidates)]
+    return candidates, candidates.index(target)
+
+
+def with_prefix_rows(rows: dict[str, list], min_history: int) -> dict[str, list]:
+    """`rows` (columns of a sequence split) followed by a row per history prefix: history item k becomes the target of
+    the k items before it, for every k >= `min_history` (the trainer's `--prefix_min_history`, here retrieved for
+    their own targets). Candidates and label are left empty for the pools to fill."""
+    out = {column: list(values) for column, values in rows.items()}
+    for sequence_id, user, history in zip(rows["sequence_id"], rows["user_id"], rows["history"]):
+        for k in range(min_history, len(history)):
+            for column, value in (("sequence_id", sequence_id), ("user_id", user), ("history", history[:k]),
+                                  ("target", history[k]), ("candidates", []), ("label", -1)):
+                out[column].append(value)
+    return out
+
+
 def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLike, num_candidates: int = 20,
                           seed: int = 42, batch_size: int = 256, cross_fit_folds: int = 5,
-                          random_negatives: int = 0) -> dict:
+                          random_negatives: int = 0, top_k_pools: bool = False, prefix_min_history: int = 0) -> dict:
     """Write POOLS_DIR = `out_dir` from the built `data_dir` (module docstring). Returns its stats."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if out_dir.resolve() == data_dir.resolve():
@@ -91,6 +121,10 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     if not 0 <= random_negatives <= num_candidates - 1:
         raise ValueError(f"--random-negatives must be between 0 and {num_candidates - 1} (the pool's negatives), got "
                          f"{random_negatives}.")
+    if top_k_pools and random_negatives:
+        raise ValueError("--top-k-pools keeps the retriever's top K as they are: it takes no --random-negatives.")
+    if prefix_min_history < 0:
+        raise ValueError(f"--prefix-min-history must be >= 0 (0 = off), got {prefix_min_history}.")
     train_users = sorted({str(user) for user in sequences["train"]["user_id"]})
     if cross_fit_folds == 1 or not 0 <= cross_fit_folds <= len(train_users):
         raise ValueError(f"--cross-fit-folds must be 0 (no cross-fitting) or between 2 and {len(train_users)} (the "
@@ -98,7 +132,8 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     source_fingerprint = (stats.get("fingerprints") or {}).get("sequences")
     record = {"source": str(data_dir.resolve()), "source_fingerprint": source_fingerprint,
               "num_candidates": num_candidates, "seed": seed, "cross_fit_folds": cross_fit_folds,
-              "random_negatives": random_negatives}
+              "random_negatives": random_negatives, "top_k_pools": top_k_pools,
+              "prefix_min_history": prefix_min_history}
     previous = _stats(out_dir)
     if previous and {k: previous.get("retrieved_pools", {}).get(k) for k in record} == record:
         logger.info("%s already holds these retrieved pools: skipped.", out_dir)
@@ -107,20 +142,25 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
     item_ids = [str(item_id) for item_id in items["item_id"]]  # row = item_index
     result, sasrec_seed, options = train_id_sasrec(data_dir)
     retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
+    split_rows = {name: sequences[name].to_dict() for name in SPLIT_NAMES}
+    if prefix_min_history:
+        split_rows["train"] = with_prefix_rows(split_rows["train"], prefix_min_history)
     # (retriever, the split's row indices it scores) per split; train rows by their fold's retriever
-    scorers = {name: [(retriever, range(len(sequences[name])))] for name in SPLIT_NAMES}
+    scorers = {name: [(retriever, range(len(split_rows[name]["history"])))] for name in SPLIT_NAMES}
     if cross_fit_folds:
         scorers["train"] = []
-        for rows in tqdm(user_folds(sequences["train"]["user_id"], cross_fit_folds, seed), desc="cross-fitted SASRec"):
-            held_out = set(rows)
+        folds = zip(user_folds(sequences["train"]["user_id"], cross_fit_folds, seed),
+                    user_folds(split_rows["train"]["user_id"], cross_fit_folds, seed))  # the same users' folds
+        for stored, scored in tqdm(list(folds), desc="cross-fitted SASRec"):
+            held_out = set(stored)
             others = [i for i in range(len(sequences["train"])) if i not in held_out]
             fold_result, _, _ = train_id_sasrec(data_dir, train_rows=others)
             scorers["train"].append((SpeederSASRecRetriever.from_sasrec(fold_result.model.cpu(), item_ids).eval(),
-                                     rows))
+                                     scored))
     rng = np.random.default_rng(seed)
-    splits, in_top_k = {}, {}
+    splits, in_top_k, kept = {}, {}, {}
     for name in SPLIT_NAMES:
-        rows = sequences[name].to_dict()
+        rows = split_rows[name]
         candidates, labels, hits = [None] * len(rows["history"]), [None] * len(rows["history"]), 0
         for split_retriever, indices in scorers[name]:
             for start in tqdm(range(0, len(indices), batch_size), desc=f"{name} retrieved pools", leave=False):
@@ -129,14 +169,21 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
                     scores = split_retriever.score([[item_ids[i] for i in rows["history"][row]] for row in batch])
                 for row, row_scores in zip(batch, scores):
                     target, user = rows["target"][row], str(rows["user_id"][row])
-                    candidates[row], labels[row] = retrieved_pool(row_scores, target, user_items[user], num_candidates,
-                                                                  rng, random_negatives)
+                    if top_k_pools:
+                        candidates[row], labels[row] = top_k_pool(row_scores, target, user_items[user],
+                                                                  num_candidates, rng) or (None, None)
+                    else:
+                        candidates[row], labels[row] = retrieved_pool(row_scores, target, user_items[user],
+                                                                      num_candidates, rng, random_negatives)
                     allowed = torch.ones(num_items, dtype=torch.bool)
                     allowed[rows["history"][row]] = False
                     hits += target in top_rows(row_scores, num_candidates, allowed)
         rows["candidates"], rows["label"] = candidates, labels
+        keep = [row for row, pool in enumerate(candidates) if pool is not None]
+        rows = {column: [values[row] for row in keep] for column, values in rows.items()}
         splits[name] = Dataset.from_dict(rows, features=SEQUENCE_FEATURES)
-        in_top_k[name] = round(hits / max(1, len(rows["history"])), 4)
+        in_top_k[name] = round(hits / max(1, len(candidates)), 4)
+        kept[name] = len(keep)
     for name in POOL_SPLIT_NAMES:
         splits[name] = Dataset.from_dict({column: [] for column in POOL_FEATURES}, features=POOL_FEATURES)
     for name in sequences:
@@ -144,7 +191,7 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
 
     record |= {"retriever": {"model": "sasrec", "seed": sasrec_seed, "options": options,
                              "test_metrics": result.test_metrics},
-               "target_in_retriever_top_k": in_top_k}
+               "target_in_retriever_top_k": in_top_k, "rows": kept}
     stats = {**stats, "extra_pools": 0, "pool_split_sizes": {name: 0 for name in POOL_SPLIT_NAMES},
              "retrieved_pools": record}
     stats["config"] = {**stats.get("config", {}), "num_candidates": num_candidates, "extra_pools": 0}

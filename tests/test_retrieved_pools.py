@@ -4,6 +4,7 @@ target, a DATA_DIR the trainer reads as it reads a built one, and bad input name
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from datasets import DatasetDict, load_from_disk
@@ -13,6 +14,7 @@ import baselines
 from datasets_builder.__main__ import main as builder
 from datasets_builder.build import load_built_dataset, stored_user_items
 from datasets_builder.features import train_id_sasrec
+from datasets_builder.retrieved_pools import top_k_pool
 from metrics.predictions import predictions_path, read_predictions
 from modeling_speeder.retrieval_speeder import SpeederSASRecRetriever
 from trainer.run import main as run
@@ -86,6 +88,50 @@ def test_random_negatives_join_the_retrieved_ones(data_dir, tmp_path):
     assert stats["random_negatives"] == 3 and stats["cross_fit_folds"] == 5
 
 
+def test_top_k_pools_are_the_retrievers_top_k_and_keep_only_rows_it_finds_the_target_for(data_dir, tmp_path):
+    out = tmp_path / "top_k"
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(out), "--num-candidates", "3", "--top-k-pools"]) == 0
+    sequences, items, stats = load_built_dataset(out)
+    source = load_built_dataset(data_dir)[0]
+    user_items = stored_user_items(source)
+    result, _, _ = train_id_sasrec(out)
+    item_ids = [str(i) for i in items["item_id"]]
+    retriever = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), item_ids).eval()
+    for name in ("valid", "test"):
+        with torch.no_grad():
+            scores = retriever.score([[item_ids[i] for i in history] for history in source[name]["history"]])
+        expected = []
+        for row, row_scores in zip(source[name], scores):
+            others = [i for i in range(len(items)) if i not in user_items[row["user_id"]] - {row["target"]}]
+            top = sorted(others, key=lambda i: (-float(row_scores[i]), i))[:3]
+            if row["target"] in top:
+                expected.append((row["sequence_id"], set(top)))
+        kept = sequences[name]
+        assert [(r["sequence_id"], set(r["candidates"])) for r in kept] == expected
+        assert all(r["candidates"][r["label"]] == r["target"] for r in kept)
+        assert stats["retrieved_pools"]["rows"][name] == len(expected)
+
+
+def test_a_row_whose_target_the_retriever_misses_has_no_top_k_pool():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.1, 0.5])
+    rng = np.random.default_rng(0)
+    assert top_k_pool(scores, target=3, user_items={3}, num_candidates=3, rng=rng) is None
+    candidates, label = top_k_pool(scores, target=2, user_items={0, 2}, num_candidates=3, rng=rng)
+    assert set(candidates) == {1, 2, 4} and candidates[label] == 2  # the user's item 0 is left out
+
+
+def test_prefix_rows_are_retrieved_for_their_own_target(data_dir, tmp_path):
+    out = tmp_path / "prefixes"
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(out), "--num-candidates", "8",
+                    "--prefix-min-history", "4"]) == 0
+    train = load_built_dataset(out)[0]["train"]
+    source = load_built_dataset(data_dir)[0]["train"]
+    expected = list(zip(source["history"], source["target"]))
+    expected += [(history[:k], history[k]) for history in source["history"] for k in range(4, len(history))]
+    assert list(zip(train["history"], train["target"])) == expected and len(expected) > len(source)
+    assert all(r["candidates"][r["label"]] == r["target"] and len(set(r["candidates"])) == 8 for r in train)
+
+
 def test_train_rows_are_retrieved_by_a_sasrec_that_never_saw_their_user(data_dir, tmp_path, monkeypatch):
     train_users = load_built_dataset(data_dir)[0]["train"]["user_id"]
     calls = []
@@ -126,6 +172,8 @@ def test_the_trainer_reads_retrieved_pools_with_one_label_per_candidate(pools_di
     (["--num-candidates", "40"], "--num-candidates must be between 2 and "),
     (["--out", "{data}"], "is DATA_DIR itself"),
     (["--num-candidates", "8", "--random-negatives", "8"], "--random-negatives must be between 0 and 7"),
+    (["--num-candidates", "8", "--top-k-pools", "--random-negatives", "2"], "takes no --random-negatives"),
+    (["--num-candidates", "8", "--prefix-min-history", "-1"], "--prefix-min-history must be >= 0"),
     (["--num-candidates", "8", "--cross-fit-folds", "1"], "--cross-fit-folds must be 0 (no cross-fitting) or between 2 and"),
 ])
 def test_bad_pool_settings_are_named(data_dir, tmp_path, capsys, flags, message):
