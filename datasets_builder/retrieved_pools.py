@@ -14,7 +14,10 @@ a row is scored by a SASRec trained on the other folds' rows only, so that its p
 user's, whom SASRec never saw (scored by SASRec trained on every train row, the export's retriever). `0` scores
 train rows with that SASRec too, which saw them: its top K then holds their target far more often than a test
 user's. `random_negatives` of the negatives are drawn at random from the items left (never the user's), the rest
-retrieved.
+retrieved. Such a pool holds an odd one out, the target, the only item the retriever scores low unless it found the
+target; `top_k_pools` stores the retriever's top K as it is instead (the pool a re-ranker meets) and drops the rows
+whose target it misses. `prefix_min_history` adds a train row per history prefix, retrieved for its own target (the
+trainer's `--prefix_min_history` would give a prefix the negatives of another target).
 
 POOLS_DIR is a complete DATA_DIR for the trainer and the baselines (`train_id_sasrec` and the export's SASRec
 retriever train on DATA_DIR, where its ID features came from): the new `sequences/` (no extra pools: a retrieved
@@ -180,6 +183,9 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
                     hits += target in top_rows(row_scores, num_candidates, allowed)
         rows["candidates"], rows["label"] = candidates, labels
         keep = [row for row, pool in enumerate(candidates) if pool is not None]
+        if not keep:
+            raise ValueError(f"--top-k-pools kept no {name} row: the retriever's top {num_candidates} never holds the "
+                             "target. Raise --num-candidates.")
         rows = {column: [values[row] for row in keep] for column, values in rows.items()}
         splits[name] = Dataset.from_dict(rows, features=SEQUENCE_FEATURES)
         in_top_k[name] = round(hits / max(1, len(candidates)), 4)
@@ -193,7 +199,7 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
                              "test_metrics": result.test_metrics},
                "target_in_retriever_top_k": in_top_k, "rows": kept}
     stats = {**stats, "extra_pools": 0, "pool_split_sizes": {name: 0 for name in POOL_SPLIT_NAMES},
-             "retrieved_pools": record}
+             "split_sizes": kept, "retrieved_pools": record}
     stats["config"] = {**stats.get("config", {}), "num_candidates": num_candidates, "extra_pools": 0}
     dataset = DatasetDict(splits)
 

@@ -120,6 +120,14 @@ def test_a_row_whose_target_the_retriever_misses_has_no_top_k_pool():
     assert set(candidates) == {1, 2, 4} and candidates[label] == 2  # the user's item 0 is left out
 
 
+def test_top_k_pools_that_keep_no_row_are_refused(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("datasets_builder.retrieved_pools.top_k_pool", lambda *args: None)
+    out = tmp_path / "none"
+    assert builder(["retrieved-pools", str(data_dir), "--out", str(out), "--num-candidates", "3", "--top-k-pools",
+                    "--cross-fit-folds", "0"]) == 2
+    assert "kept no train row" in capsys.readouterr().err and not out.exists()
+
+
 def test_prefix_rows_are_retrieved_for_their_own_target(data_dir, tmp_path):
     out = tmp_path / "prefixes"
     assert builder(["retrieved-pools", str(data_dir), "--out", str(out), "--num-candidates", "8",
