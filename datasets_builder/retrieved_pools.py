@@ -44,6 +44,7 @@ from modeling_speeder.retrieval_speeder import SpeederSASRecRetriever, top_rows
 from .build import (BUILD_MARKER, BUILD_OUTPUTS, POOL_FEATURES, POOL_SPLIT_NAMES, SEQUENCE_FEATURES, SPLIT_NAMES,
                     load_built_dataset, stored_user_items, write_atomically)
 from .features import train_id_sasrec
+from .sequencing import history_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,9 @@ def with_prefix_rows(rows: dict[str, list], min_history: int) -> dict[str, list]
     their own targets). Candidates and label are left empty for the pools to fill."""
     out = {column: list(values) for column, values in rows.items()}
     for sequence_id, user, history in zip(rows["sequence_id"], rows["user_id"], rows["history"]):
-        for k in range(min_history, len(history)):
-            for column, value in (("sequence_id", sequence_id), ("user_id", user), ("history", history[:k]),
-                                  ("target", history[k]), ("candidates", []), ("label", -1)):
+        for prefix, target in history_prefixes(history, min_history):
+            for column, value in (("sequence_id", sequence_id), ("user_id", user), ("history", prefix),
+                                  ("target", target), ("candidates", []), ("label", -1)):
                 out[column].append(value)
     return out
 

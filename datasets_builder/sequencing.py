@@ -181,6 +181,12 @@ def sample_extra_pools(
     return [sample_candidates(target, interacted, num_items, num_candidates, rng) for _ in range(num_pools)]
 
 
+def history_prefixes(history: list[int], min_history: int) -> list[tuple[list[int], int]]:
+    """`(history[:k], history[k])` for every k >= `min_history`: each history item as the target of the items before
+    it, as SASRec trains on every position of a sequence."""
+    return [(history[:k], history[k]) for k in range(min_history, len(history))]
+
+
 def ppt_label(positions: list[int]) -> str:
     """Eq. 14: for positions `(a, b, c)` in shown order, "yes" if |a - b| <= |b - c| else "no"."""
     a, b, c = positions

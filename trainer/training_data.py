@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from datasets_builder.build import DEFAULT_ENCODERS, load_built_dataset, train_subset
 from datasets_builder.features import feature_data_fingerprint, load_item_features, read_feature_manifest
+from datasets_builder.sequencing import history_prefixes
 from modeling_speeder import MODALITIES, ItemFeatureTable
 
 from .arguments import SpeederArguments
@@ -51,10 +52,10 @@ def history_prefix_rows(rows: Dataset, min_history: int, seed: int) -> Dataset:
         for row, history, candidates, label in zip(indices, batch["history"], batch["candidates"], batch["label"]):
             negatives = [c for i, c in enumerate(candidates) if i != label]
             rng = np.random.default_rng([seed, row])
-            for k in range(min_history, len(history)):
+            for prefix, target in history_prefixes(history, min_history):
                 slot = int(rng.integers(len(candidates)))
-                out["history"].append(history[:k])
-                out["candidates"].append(negatives[:slot] + [history[k]] + negatives[slot:])
+                out["history"].append(prefix)
+                out["candidates"].append(negatives[:slot] + [target] + negatives[slot:])
                 out["label"].append(slot)
         return out
 
