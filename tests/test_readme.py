@@ -167,6 +167,19 @@ def test_the_ablation_table_is_the_committed_summary():
             assert f"{figure['mean']:+.4f} [{figure['low']:.4f}," in " ".join(table.split()), (name, pools)
 
 
+def test_the_ablations_over_seeds_are_the_committed_summary():
+    models = json.loads((REPO / "results" / "research" / "summary.json").read_text())["models"]
+    text = " ".join(section(DOCS["docs/findings.md"], "Ablations (Table 3)").split())
+    over_seeds = {name: model["splits"]["ml-100k"] for name, model in models.items()
+                  if name.startswith("speeder/") and len(model["cells"]) > 1}
+    assert over_seeds, "no ablation was run over several seeds"
+    for name, split in over_seeds.items():
+        for pools in ("paper", "extra"):
+            figure = split[f"speeder_minus_{pools}_interval"]
+            quoted = f"{figure['mean']:+.4f} [{figure['low']:.4f}, {figure['high']:.4f}]"
+            assert quoted in text, (name, pools, quoted)
+
+
 @pytest.fixture(scope="module")
 def trainer_flags() -> set[str]:
     result = subprocess.run([sys.executable, "trainer/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
