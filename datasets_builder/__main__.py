@@ -263,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                                           random_negatives=args.random_negatives,
                                           top_k_pools=args.top_k_pools,
                                           prefix_min_history=args.prefix_min_history)
-            print(f"{args.out}: pools of {args.num_candidates} with SASRec's negatives; the target is in SASRec's top "
-                  f"{args.num_candidates} for {json.dumps(stats['retrieved_pools']['target_in_retriever_top_k'])} of "
-                  "the rows")
+            print(f"{args.out}: {json.dumps(stats.get('split_sizes'))} rows with pools of {args.num_candidates} "
+                  f"retrieved by SASRec; the target is in SASRec's top {args.num_candidates} for "
+                  f"{json.dumps(stats['retrieved_pools']['target_in_retriever_top_k'])} of the rows")
         elif args.command == "synthetic":
             values = {field.name: getattr(args, field.name) for field in dataclasses.fields(SyntheticConfig)}
             try:

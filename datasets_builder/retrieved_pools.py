@@ -213,8 +213,7 @@ def write_retrieved_pools(data_dir: str | os.PathLike, out_dir: str | os.PathLik
         (tmp / BUILD_MARKER).write_text(json.dumps(stats, indent=2) + "\n")
 
     write_atomically(out_dir, write, list(POOLS_OUTPUTS), marker=BUILD_MARKER)
-    logger.info("Wrote %s: pools of %d with SASRec's negatives; target in SASRec's top %d: %s.", out_dir,
-                num_candidates, num_candidates, in_top_k)
+    logger.info("Wrote %s: %s rows with pools of %d retrieved by SASRec.", out_dir, kept, num_candidates)
     return stats
 
 
