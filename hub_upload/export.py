@@ -38,7 +38,7 @@ from modeling_speeder.pipeline_speeder import PIPELINE_TASK, SpeederRecommendati
 from modeling_speeder.retrieval_speeder import SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
 from trainer.arguments import SpeederArguments
 from trainer.curriculum import stage_modalities
-from trainer.training_data import load_features
+from trainer.training_data import USER_ENCODER_FILE, load_features, user_encoder
 from trainer.model_building import build_model
 from trainer.run_folder import RUN_CONFIG, STAGE_DONE
 from trainer.stages import STAGES
@@ -183,7 +183,8 @@ def export_run(
         dataset_id: the Hub data set the card names.
         overwrite: replace an existing `out`.
         sasrec_retriever: also train SASRec on the run's data (the seed and options of its ID features' manifest)
-            and ship it as `retriever_sasrec.safetensors`, the `"sasrec"` retriever of `recommend`.
+            and ship it as `retriever_sasrec.safetensors`, the `"sasrec"` retriever of `recommend`. A `--user_token`
+            run always ships its user encoder there: the model reads it for every prompt's `<user>` token.
     """
     out = Path(out).absolute()
     run = read_run(run_dir, stage)
@@ -199,14 +200,17 @@ def export_run(
     features = load_features(args.data_dir, args)
     modalities = tuple(run.stage_metrics.get("modalities") or stage_modalities(STAGES[run.stage], features))
 
-    peft_model, tokenizer = build_model(args, features, run.config.get("seed", 42), run.adapter_dir)
+    users = user_encoder(args.data_dir, run.run_dir) if args.user_token else None
+    peft_model, tokenizer = build_model(args, features, run.config.get("seed", 42), run.adapter_dir, users=users)
     peft_model.eval()
     config = peft_model.get_base_model().config
     cache, skipped = encode_item_cache(peft_model.get_base_model(), features, items, modalities)
     if len(cache) == 0:
         raise ValueError(f"No item of {args.data_dir} has features of the stage's modalities {list(modalities)}.")
     retriever, retriever_info = None, None
-    if sasrec_retriever:
+    if users is not None:
+        retriever, retriever_info = users, {"source": f"the run's user encoder ({USER_ENCODER_FILE})"}
+    elif sasrec_retriever:
         retriever, retriever_info = train_sasrec_retriever(args.data_dir, items, features)
 
     out.parent.mkdir(parents=True, exist_ok=True)

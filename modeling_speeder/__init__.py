@@ -23,6 +23,7 @@ from .prompt_speeder import (
     SpeederPromptBuilder,
     TitlePromptBuilder,
     TmfPromptBuilder,
+    USER_TOKEN,
 )
 from .retrieval_speeder import RETRIEVERS, SASREC_RETRIEVER_FILE, SpeederSASRecRetriever
 
@@ -65,4 +66,5 @@ __all__ = [
     "SpeederSASRecRetriever",
     "TitlePromptBuilder",
     "TmfPromptBuilder",
+    "USER_TOKEN",
 ]

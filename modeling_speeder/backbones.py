@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTr
 
 from .configuration_speeder import SpeederConfig
 from .modeling_speeder import SpeederForSequentialRec
-from .prompt_speeder import (DEFAULT_CANDIDATE_LABELS, ITEM_TOKEN, MODEL_CANDIDATE_LABELS, PPT_ANSWERS, SpeederPromptBuilder,
-                             template_words)
+from .prompt_speeder import (DEFAULT_CANDIDATE_LABELS, ITEM_TOKEN, MODEL_CANDIDATE_LABELS, PPT_ANSWERS, USER_TOKEN,
+                             SpeederPromptBuilder, template_words)
 
 NAMED_BACKBONES = ("tiny", "smollm2-135m-instruct")
 TINY_SEED = 0
@@ -131,7 +131,8 @@ def build_speeder_model(
     backbone: str = "tiny", dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
     **config_overrides,
 ) -> tuple[SpeederForSequentialRec, PreTrainedTokenizerFast]:
-    """A Speeder model around a pretrained causal LM, and its tokenizer with the `<item>` token added.
+    """A Speeder model around a pretrained causal LM, and its tokenizer with the `<item>` token added (and `<user>`,
+    with `user_token=True`).
 
     Args:
         backbone: a named backbone (`tiny`, `smollm2-135m-instruct`), a local folder or a Hub id.
@@ -144,15 +145,17 @@ def build_speeder_model(
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN]})
+    user_token = bool(config_overrides.get("user_token", False))
+    tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN] + ([USER_TOKEN] if user_token else [])})
     causal_lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     if causal_lm.get_input_embeddings().num_embeddings < len(tokenizer):
         causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     candidate_labels = config_overrides.pop("candidate_labels", list(MODEL_CANDIDATE_LABELS))
-    builder = SpeederPromptBuilder(tokenizer, candidate_labels)
+    builder = SpeederPromptBuilder(tokenizer, candidate_labels, user_token=user_token)
     config = SpeederConfig(
         text_config=causal_lm.config,
         item_token_id=builder.item_token_id,
+        user_token_id=builder.user_token_id,
         candidate_labels=list(candidate_labels),
         candidate_label_token_ids=builder.candidate_label_token_ids,
         **config_overrides,

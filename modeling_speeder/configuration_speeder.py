@@ -39,7 +39,11 @@ class SpeederConfig(PretrainedConfig):
         use_history_positions (`bool`): add the PPL table to history items (False = the "w/o PPL" ablation).
         history_indices (`bool`): write each history item's index before its `<item>` token (the paper's prompt);
             False writes one `<item>` token per history item, its order carried by PPL alone.
+        user_token (`bool`): start each prompt with one `<user>` soft token made from the user's sequence
+            representation (`user_features`, e.g. SASRec's state after the history), as A-LLMRec does.
+        user_feature_size (`int`): width of the user features.
         item_token_id (`int`): id of the `<item>` placeholder token in the backbone's vocabulary.
+        user_token_id (`int`): id of the `<user>` placeholder token (with `user_token`).
         candidate_labels (`list[str]`): label text of each candidate slot in the prompt.
         candidate_label_token_ids (`list[int]`): token id of each candidate label (its answer token).
     """
@@ -64,7 +68,10 @@ class SpeederConfig(PretrainedConfig):
     max_history_length: int = 50
     use_history_positions: bool = True
     history_indices: bool = True
+    user_token: bool = False
+    user_feature_size: int = 64
     item_token_id: int | None = None
+    user_token_id: int | None = None
     candidate_labels: list[str] | None = None
     candidate_label_token_ids: list[int] | None = None
     tie_word_embeddings: bool = False
@@ -82,7 +89,8 @@ class SpeederConfig(PretrainedConfig):
             raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {self.modalities!r}.")
         self.modalities = [m for m in MODALITIES if m in self.modalities]
         for name in ("text_feature_size", "vision_feature_size", "id_feature_size", "fusion_hidden_size",
-                     "fusion_num_attention_heads", "fusion_intermediate_size", "max_history_length"):
+                     "fusion_num_attention_heads", "fusion_intermediate_size", "max_history_length",
+                     "user_feature_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}.")
         for name in ("num_modality_expert_layers", "num_multimodal_expert_layers"):
@@ -108,9 +116,14 @@ class SpeederConfig(PretrainedConfig):
                 f"candidate_label_token_ids has {len(self.candidate_label_token_ids)} ids for "
                 f"{len(self.candidate_labels)} candidate_labels: give one token id per label."
             )
+        if self.user_token and self.item_token_id is not None and self.user_token_id is None:
+            raise ValueError("user_token=True needs user_token_id, the id of the <user> token in the tokenizer: build "
+                             "the model with modeling_speeder.backbones.build_speeder_model(..., user_token=True).")
         vocab_size = getattr(self.text_config, "vocab_size", None)
-        if self.item_token_id is not None and vocab_size is not None and not 0 <= self.item_token_id < vocab_size:
-            raise ValueError(f"item_token_id must lie in 0..{vocab_size - 1} (the backbone's vocabulary), got {self.item_token_id}.")
+        for name in ("item_token_id", "user_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and vocab_size is not None and not 0 <= token_id < vocab_size:
+                raise ValueError(f"{name} must lie in 0..{vocab_size - 1} (the backbone's vocabulary), got {token_id}.")
 
     @property
     def hidden_size(self) -> int:

@@ -32,7 +32,7 @@ ITEM_TABLE_FILE = "item_table.jsonl"
 CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 ITEM_INPUTS = (
     "item_embeddings", "text_features", "vision_features", "id_features", "modality_mask", "history_positions",
-    "item_rows",
+    "item_rows", "user_features",
 )
 
 
@@ -54,6 +54,16 @@ class SpeederCausalLMOutputWithPast(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` plus the `item_embeddings` that were spliced in; `loss` is on labelled tokens."""
 
     item_embeddings: torch.FloatTensor | None = None
+
+
+def _spread(vectors: torch.Tensor) -> torch.Tensor:
+    """Total variance of `vectors` `(n, d)` around their mean: the mean squared distance to the mean."""
+    return (vectors - vectors.mean(0)).pow(2).sum(-1).mean()
+
+
+def unit_rms(features: torch.Tensor) -> torch.Tensor:
+    """Each row of `features` `(n, d)` scaled to unit root-mean-square: inputs from different encoders on one scale."""
+    return features * torch.rsqrt(features.pow(2).mean(-1, keepdim=True) + 1e-12)
 
 
 class SpeederExpertFFN(nn.Module):
@@ -156,9 +166,7 @@ class SpeederItemEncoder(nn.Module):
     def adapt(self, modality: str, feature: torch.Tensor) -> torch.Tensor:
         """`A_m` of one modality's features `(num_items, feature_size)` → `(num_items, d_f)`, before its gate."""
         feature = feature.to(self.adapters[modality].weight.dtype)
-        if self.normalize_features:  # unit RMS: every modality enters on one scale, whatever its encoder
-            feature = feature * torch.rsqrt(feature.pow(2).mean(-1, keepdim=True) + 1e-12)
-        return self.adapters[modality](feature)
+        return self.adapters[modality](unit_rms(feature) if self.normalize_features else feature)
 
     @torch.no_grad()
     def gate_openness(self, features: dict[str, torch.Tensor | None], modality_mask: torch.Tensor) -> dict[str, float]:
@@ -241,7 +249,8 @@ class SpeederModel(SpeederPreTrainedModel):
     modality features (`text_features`, `vision_features`, `id_features` with `modality_mask`) or as precomputed
     `item_embeddings` from [`SpeederForSequentialRec.encode_items`]. `history_positions` gives each item its PPL
     position 1..n, or 0 for candidates and PPT items. With `item_rows` `(num_placeholders,)` the item inputs hold one
-    row per distinct item (each encoded once) and placeholder k reads row `item_rows[k]`.
+    row per distinct item (each encoded once) and placeholder k reads row `item_rows[k]`. With `config.user_token`,
+    `user_features` `(batch, user_feature_size)` fill each prompt's `<user>` placeholder through `user_projector`.
     """
 
     def __init__(self, config: SpeederConfig):
@@ -250,6 +259,11 @@ class SpeederModel(SpeederPreTrainedModel):
         self.history_position_embeddings = (
             nn.Embedding(config.max_history_length, config.hidden_size) if config.use_history_positions else None
         )
+        self.user_projector = nn.Sequential(
+            nn.Linear(config.user_feature_size, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, config.hidden_size),
+        ) if config.user_token else None
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -292,14 +306,9 @@ class SpeederModel(SpeederPreTrainedModel):
         mean and spread learn to copy a history item within 60 steps on SmolLM2; zero-mean random vectors of the same
         norm, or a fresh encoder's output, stay at chance. When every given modality is behind a closed gate (a
         zero-init tanh gate on an ID-only run) all items encode alike, and the spread is measured with the gates open.
-        Returns the applied `scale` and the matched statistics.
+        Returns the applied `scale` and the matched statistics (`_match_token_statistics`).
         """
-
-        def mean_and_variance(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean = vectors.mean(0)
-            return mean, (vectors - mean).pow(2).sum(-1).mean()
-
-        token_mean, token_variance = mean_and_variance(self.get_input_embeddings().weight.float())
+        least_spread = 1e-6 * _spread(self.get_input_embeddings().weight.float())
         was_training = self.item_encoder.training
         self.item_encoder.eval()
         features = (text_features, vision_features, id_features, modality_mask)
@@ -307,20 +316,46 @@ class SpeederModel(SpeederPreTrainedModel):
             items = self.encode_items(*features).float()
             if items.shape[0] < 2:
                 raise ValueError(f"align_item_embeddings needs features of at least 2 items, got {items.shape[0]}.")
-            item_mean, item_variance = mean_and_variance(items)
-            if not item_variance > 1e-6 * token_variance:
-                item_mean, item_variance = mean_and_variance(self.encode_items(*features, open_gates=True).float())
+            if not _spread(items) > least_spread:
+                items = self.encode_items(*features, open_gates=True).float()
         finally:
             self.item_encoder.train(was_training)
-        if not item_variance > 1e-6 * token_variance:
+        if not _spread(items) > least_spread:
             raise ValueError("All given items encode to the same embedding: pass features of distinct items.")
-        scale = (token_variance / item_variance).sqrt()
-        last = self.item_encoder.output_adapter[-1]
+        return self._match_token_statistics(self.item_encoder.output_adapter[-1], items)
+
+    @torch.no_grad()
+    def align_user_embeddings(self, user_features: torch.Tensor) -> dict[str, float]:
+        """`align_item_embeddings` for the `<user>` token: shifts and scales `user_projector`'s last layer so that the
+        given users' embeddings (`(num_users, user_feature_size)` features, at least 2 distinct) have the mean and
+        spread of the backbone's token embeddings."""
+        if self.user_projector is None:
+            raise ValueError("This model has no user token (config.user_token is False).")
+        users = self.encode_users(user_features).float()
+        if users.shape[0] < 2 or not _spread(users) > 0:
+            raise ValueError("align_user_embeddings needs the features of at least 2 distinct users.")
+        return self._match_token_statistics(self.user_projector[-1], users)
+
+    def _match_token_statistics(self, last: nn.Linear, outputs: torch.Tensor) -> dict[str, float]:
+        """Rescales and shifts `last` (the layer that produced `outputs` `(n, hidden_size)`) so that its outputs get
+        the mean and total variance around the mean of the backbone's input token embeddings."""
+        tokens = self.get_input_embeddings().weight.float()
+        token_mean, token_variance = tokens.mean(0), _spread(tokens)
+        output_mean, output_variance = outputs.mean(0), _spread(outputs)
+        scale = (token_variance / output_variance).sqrt()
         last.weight.mul_(scale.to(last.weight.dtype))
-        # new output = scale * old output + (token_mean - scale * item_mean): the item mean lands on the token mean
-        last.bias.mul_(scale.to(last.bias.dtype)).add_((token_mean - scale * item_mean).to(last.bias.dtype))
+        # new output = scale * old output + (token_mean - scale * output_mean): the mean lands on the token mean
+        last.bias.mul_(scale.to(last.bias.dtype)).add_((token_mean - scale * output_mean).to(last.bias.dtype))
         return {"scale": scale.item(), "token_mean_norm": token_mean.norm().item(),
-                "token_variance": token_variance.item(), "item_variance_before": item_variance.item()}
+                "token_variance": token_variance.item(), "variance_before": output_variance.item()}
+
+    def encode_users(self, user_features: torch.Tensor) -> torch.Tensor:
+        """The `<user>` soft token of each user, `(batch, user_feature_size)` → `(batch, hidden_size)`, in full
+        precision as the item encoder."""
+        weight = next(self.user_projector.parameters())  # also under PEFT's modules_to_save wrapper
+        with torch.autocast(weight.device.type, enabled=False):
+            features = user_features.to(weight.dtype)
+            return self.user_projector(unit_rms(features) if self.config.normalize_features else features)
 
     def add_history_positions(self, item_embeddings: torch.Tensor, history_positions: torch.Tensor | None):
         """Adds PPL row k-1 to items at history position k >= 1 (Eq. 17); items at position 0 are unchanged."""
@@ -379,6 +414,25 @@ class SpeederModel(SpeederPreTrainedModel):
         item_mask = self.get_placeholder_mask(input_ids, item_embeddings)
         return inputs_embeds.masked_scatter(item_mask, item_embeddings.to(inputs_embeds.dtype)), item_embeddings
 
+    def splice_users(
+        self, input_ids: torch.LongTensor, inputs_embeds: torch.FloatTensor, user_features: torch.FloatTensor | None
+    ) -> torch.FloatTensor:
+        """`inputs_embeds` with each prompt's `<user>` placeholder replaced by its user's soft token; unchanged for a
+        model without a user token."""
+        if self.user_projector is None:
+            return inputs_embeds
+        user_mask = input_ids == self.config.user_token_id
+        if not bool(user_mask.any()):
+            return inputs_embeds
+        if user_features is None:
+            raise ValueError("The prompts hold <user> tokens but no user_features were given: pass one row of "
+                             "user features per prompt (the processor computes them with its user encoder).")
+        if not bool((user_mask.sum(-1) == 1).all()) or user_features.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"Each of the {input_ids.shape[0]} prompts needs exactly one <user> token and one row of "
+                             f"user_features; got {int(user_mask.sum())} tokens and {user_features.shape[0]} rows.")
+        users = self.encode_users(user_features.to(inputs_embeds.device)).to(inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(user_mask.unsqueeze(-1), users)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -393,6 +447,7 @@ class SpeederModel(SpeederPreTrainedModel):
         modality_mask: torch.BoolTensor | None = None,
         history_positions: torch.LongTensor | None = None,
         item_rows: torch.LongTensor | None = None,
+        user_features: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
@@ -416,6 +471,8 @@ class SpeederModel(SpeederPreTrainedModel):
                 input_ids, inputs_embeds, item_embeddings, text_features, vision_features, id_features,
                 modality_mask, history_positions, item_rows,
             )
+        if input_ids is not None and not decoding:
+            inputs_embeds = self.splice_users(input_ids, inputs_embeds, user_features)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -568,6 +625,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         modality_mask: torch.BoolTensor | None = None,
         history_positions: torch.LongTensor | None = None,
         item_rows: torch.LongTensor | None = None,
+        user_features: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -590,6 +648,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             modality_mask=modality_mask,
             history_positions=history_positions,
             item_rows=item_rows,
+            user_features=user_features,
             use_cache=use_cache,
             **kwargs,
         )
@@ -618,8 +677,10 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         if batch % group_size:
             raise ValueError(f"group_size {group_size} must divide the batch size, got {batch} rows.")
         inputs_embeds = self.model.get_input_embeddings()(input_ids)
+        user_features = item_inputs.pop("user_features", None)
         if bool((input_ids == self.config.item_token_id).any()):
             inputs_embeds, _ = self.model.splice_items(input_ids, inputs_embeds, **item_inputs)
+        inputs_embeds = self.model.splice_users(input_ids, inputs_embeds, user_features)
         embeds = inputs_embeds.view(batch // group_size, group_size, length, -1)
         masks = attention_mask.view(batch // group_size, group_size, length)
         same = (embeds == embeds[:, :1]).all(-1).all(1) & (masks == masks[:, :1]).all(1)  # (groups, seq_len)
@@ -696,7 +757,16 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 raise ValueError("This model was not loaded from a folder: pass tokenizer=... to recommend().")
             tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, trust_remote_code=True)
             self._processor = SpeederProcessor.from_model_config(self.config, tokenizer)
-        return self._processor.with_items(self.item_cache)
+        users = None
+        if self.config.user_token:
+            users = self.__dict__.get("_sasrec_retriever") or self.load_sasrec_retriever()
+            if users is None:
+                raise ValueError(
+                    f"This model reads a <user> token made by the SASRec encoder it was trained with, but "
+                    f"{self.name_or_path!r} has no {SASREC_RETRIEVER_FILE}: load the exported folder, or call "
+                    "model.load_sasrec_retriever(folder)."
+                )
+        return self._processor.with_items(self.item_cache, users=users)
 
     def load_item_cache(
         self, name_or_path: str | os.PathLike | None = None, revision: str | None = None

@@ -33,7 +33,7 @@ logger = logging.get_logger(__name__)
 PROMPT_STYLES = ("speeder", "llara", "tmf", "titles")
 PADDING_SIDES = ("right", "left")
 # set by `with_items`, never saved
-_RUNTIME_ATTRIBUTES = ("prompt_builder", "items", "item_modalities", "titles", "with_answer", "padding_side")
+_RUNTIME_ATTRIBUTES = ("prompt_builder", "items", "item_modalities", "titles", "users", "with_answer", "padding_side")
 
 
 @dataclass
@@ -101,6 +101,8 @@ class SpeederProcessor(ProcessorMixin):
         prompt_style (`str`): `"speeder"` (the Hybrid Prompt), `"llara"` (title + ID token), `"tmf"` (title +
             image and ID tokens) or `"titles"` (titles only).
         title_tokens (`int`, *optional*): LLaRA/TMF styles: cycle / truncate every title to this many tokens.
+        user_token (`bool`): start each prompt with a `<user>` token (`config.user_token`); its features come from
+            the user encoder given to `with_items`.
     """
 
     tokenizer_class = "AutoTokenizer"
@@ -113,6 +115,7 @@ class SpeederProcessor(ProcessorMixin):
         max_history_length: int = 50,
         prompt_style: str = "speeder",
         title_tokens: int | None = None,
+        user_token: bool = False,
         chat_template=None,
         **kwargs,
     ):
@@ -125,13 +128,17 @@ class SpeederProcessor(ProcessorMixin):
         self.max_history_length = max_history_length
         self.prompt_style = prompt_style
         self.title_tokens = title_tokens
+        self.user_token = bool(user_token)
+        if self.user_token and prompt_style != "speeder":
+            raise ValueError(f"user_token needs prompt_style='speeder', not {prompt_style!r}.")
         super().__init__(tokenizer, chat_template=chat_template)
         if prompt_style == "speeder":
-            self.prompt_builder = SpeederPromptBuilder(tokenizer, self.candidate_labels, self.history_indices)
+            self.prompt_builder = SpeederPromptBuilder(tokenizer, self.candidate_labels, self.history_indices,
+                                                       self.user_token)
         else:
             kind = {"llara": LlaraPromptBuilder, "tmf": TmfPromptBuilder, "titles": TitlePromptBuilder}[prompt_style]
             self.prompt_builder = kind(tokenizer, title_tokens=title_tokens)
-        self.items, self.item_modalities, self.titles = None, None, None
+        self.items, self.item_modalities, self.titles, self.users = None, None, None, None
         self.with_answer, self.padding_side = None, "right"
 
     @classmethod
@@ -143,13 +150,16 @@ class SpeederProcessor(ProcessorMixin):
                 raise ValueError("The model was not loaded from a folder: pass its tokenizer.")
             tokenizer = AutoTokenizer.from_pretrained(config._name_or_path, trust_remote_code=True)
         settings = {"candidate_labels": config.candidate_labels, "history_indices": config.history_indices,
-                    "max_history_length": config.max_history_length}
+                    "max_history_length": config.max_history_length, "user_token": config.user_token}
         processor = cls(tokenizer, **(settings | kwargs))
         if processor.prompt_style == "speeder" and processor.prompt_builder.item_token_id != config.item_token_id:
             raise ValueError(
                 f"The tokenizer's <item> id {processor.prompt_builder.item_token_id} differs from config.item_token_id "
                 f"{config.item_token_id}: load the tokenizer saved with this model."
             )
+        if processor.user_token and processor.prompt_builder.user_token_id != config.user_token_id:
+            raise ValueError(f"The tokenizer's <user> id {processor.prompt_builder.user_token_id} differs from "
+                             f"config.user_token_id {config.user_token_id}: load the tokenizer saved with this model.")
         return processor
 
     def to_dict(self) -> dict:
@@ -160,7 +170,7 @@ class SpeederProcessor(ProcessorMixin):
             self.__dict__.update(runtime)
 
     def with_items(self, items, modalities=None, titles=None, with_answer: bool | None = None,
-                   padding_side: str = "right") -> "SpeederProcessor":
+                   padding_side: str = "right", users=None) -> "SpeederProcessor":
         """A copy that looks items up in `items` and uses these call defaults (a data collator).
 
         Args:
@@ -168,9 +178,12 @@ class SpeederProcessor(ProcessorMixin):
             modalities: the feature table's modalities fed to the model (default: all it has).
             titles: item → title (a list by row index, or a dict), for the LLaRA/TMF/titles prompt styles.
             with_answer, padding_side: defaults of `__call__`.
+            users: with `user_token`, the user encoder: `users.user_features(histories, by_row)` gives `(batch,
+                user_feature_size)` features of histories of item ids, or of row indices `by_row` (a
+                [`SpeederSASRecRetriever`]).
         """
         bound = copy.copy(self)
-        bound.items, bound.titles = items, titles
+        bound.items, bound.titles, bound.users = items, titles, users
         bound.item_modalities = None if modalities is None else tuple(modalities)
         bound.with_answer, bound.padding_side = with_answer, padding_side
         return bound
@@ -293,16 +306,28 @@ class SpeederProcessor(ProcessorMixin):
             )
         prompts, keys = zip(*(self.encode(row, with_answer) for row in rows))
         batch = self.pad(list(prompts), padding_side or self.padding_side, with_answer)
+        if self.user_token:
+            batch["user_features"] = self.user_features(rows, items)
         if any(keys):  # a titles-only prompt has no item placeholders: a plain causal LM reads it
             batch["history_positions"] = torch.tensor(
                 [position for prompt in prompts for position in prompt.history_positions], dtype=torch.long)
             batch.update(self.item_inputs([key for sample in keys for key in sample], items))
         return BatchFeature(batch)
 
+    def user_features(self, rows: list[dict], items=None) -> torch.Tensor:
+        """`(batch, user_feature_size)` features of each row's user, from the history its prompt shows."""
+        if self.users is None:
+            raise ValueError("This processor writes a <user> token (user_token=True) but has no user encoder: pass "
+                             "users=... (e.g. the model's SASRec retriever) to with_items.")
+        items = self.items if items is None else items
+        histories = [list(row["history"]) if row.get("ppt_positions")
+                     else list(row["history"])[-self.max_history_length:] for row in rows]
+        return self.users.user_features(histories, by_row=isinstance(items, ItemFeatureTable))
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "history_positions", "item_rows", "item_embeddings", "text_features",
-                "vision_features", "id_features", "modality_mask"]
+                "vision_features", "id_features", "modality_mask", "user_features"]
 
 
 __all__ = ["IGNORE_INDEX", "ItemFeatureTable", "PROMPT_STYLES", "SpeederProcessor", "distinct_rows", "pad_token_id"]

@@ -5,7 +5,8 @@ multimodal embedding, after a label: its index for a history item (the paper's "
 `history_indices=False` the history is "<item><item>", one token per item, its order carried by PPL alone) and its
 letter for a candidate (" A<item> B<item>": the answer names the letter); the three PPT items have none. Items are
 listed in the prompt in placeholder order: history first (positions 1..n for PPL), then the candidates (or the
-three PPT items), which carry no position.
+three PPT items), which carry no position. A model with a user token (`config.user_token`) starts each prompt with
+"The user:<user>.": one `<user>` placeholder whose embedding the model makes from the user's sequence representation.
 
 The LLaRA-style prompt (Liao et al., SIGIR'24) writes each item as its title followed by ONE `<item>` token (its ID
 embedding); the TMF-style prompt follows the title with TWO (image, then ID); the titles-only variant has none. They
@@ -21,11 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ITEM_TOKEN = "<item>"
+USER_TOKEN = "<user>"
 CANDIDATE_LABEL_ALPHABET = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 DEFAULT_CANDIDATE_LABELS = CANDIDATE_LABEL_ALPHABET[:10]
 MODEL_CANDIDATE_LABELS = DEFAULT_CANDIDATE_LABELS[:5]  # a model's labels unless its config names others
 PPT_ANSWERS = ("yes", "no")
 
+USER_TEMPLATE = "The user:" + USER_TOKEN + ".\n"  # words of the history template: no new vocabulary
 HISTORY_TEMPLATE = "The user interacted with these items in order:{items}."
 HISTORY_ITEM_TEMPLATE = "{index}" + ITEM_TOKEN  # no spaces: 2 tokens per item for n < 10
 HISTORY_ITEM_WITHOUT_INDEX = ITEM_TOKEN  # `history_indices=False`: adjacent placeholders, nothing between them
@@ -103,13 +106,14 @@ def checked_placeholders(prompt, item_token_id: int):
     return prompt
 
 
-def item_token_id(tokenizer) -> int:
-    """The id of `<item>` in `tokenizer`; raises ValueError when it is not a single added token."""
-    token_id = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
+def placeholder_token_id(tokenizer, token: str = ITEM_TOKEN) -> int:
+    """The id of `token` (`<item>` or `<user>`) in `tokenizer`; raises ValueError when it is not a single added
+    token."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
         raise ValueError(
-            f"The tokenizer has no {ITEM_TOKEN!r} token: add it with "
-            f"tokenizer.add_special_tokens({{'additional_special_tokens': [{ITEM_TOKEN!r}]}})."
+            f"The tokenizer has no {token!r} token: add it with "
+            f"tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})."
         )
     return token_id
 
@@ -122,13 +126,16 @@ class SpeederPromptBuilder:
         candidate_labels: the label text of each candidate slot, each a single token after a space.
         history_indices: write each history item's index before its `<item>` (the paper's prompt, 2-3 tokens per
             history item); False writes the `<item>` tokens alone (1 token per history item).
+        user_token: start every prompt with `USER_TEMPLATE` (the tokenizer then needs `<user>` too).
     """
 
-    def __init__(self, tokenizer, candidate_labels=DEFAULT_CANDIDATE_LABELS, history_indices: bool = True):
+    def __init__(self, tokenizer, candidate_labels=DEFAULT_CANDIDATE_LABELS, history_indices: bool = True,
+                 user_token: bool = False):
         self.tokenizer = tokenizer
         self.candidate_labels = tuple(candidate_labels)
         self.history_indices = bool(history_indices)
-        self.item_token_id = item_token_id(tokenizer)
+        self.item_token_id = placeholder_token_id(tokenizer)
+        self.user_token_id = placeholder_token_id(tokenizer, USER_TOKEN) if user_token else None
         self.candidate_label_token_ids = [self._single_token(label) for label in self.candidate_labels]
         self.ppt_answer_token_ids = {answer: self._single_token(answer) for answer in PPT_ANSWERS}
 
@@ -150,7 +157,8 @@ class SpeederPromptBuilder:
 
     def _history_text(self, history_length: int) -> str:
         items = "".join(self.history_item_text(k) for k in range(1, history_length + 1))
-        return HISTORY_TEMPLATE.format(items=items)
+        user = USER_TEMPLATE if self.user_token_id is not None else ""
+        return user + HISTORY_TEMPLATE.format(items=items)
 
     def recommendation(self, history_length: int, num_candidates: int, answer: int | None = None) -> SpeederPrompt:
         """Prompt for `history_length` history items then `num_candidates` candidates; `answer` = candidate index."""
@@ -182,6 +190,9 @@ class SpeederPromptBuilder:
         return self._checked(SpeederPrompt(input_ids, positions, answer_token_id))
 
     def _checked(self, prompt: SpeederPrompt) -> SpeederPrompt:
+        users = prompt.input_ids.count(self.user_token_id) if self.user_token_id is not None else 1
+        if users != 1:
+            raise ValueError(f"The prompt holds {users} {USER_TOKEN} tokens, not 1.")
         return checked_placeholders(prompt, self.item_token_id)
 
 
@@ -237,7 +248,7 @@ class LlaraPromptBuilder:
         if title_tokens is not None and title_tokens < 1:
             raise ValueError(f"title_tokens must be >= 1 or None, got {title_tokens}.")
         self.title_tokens = title_tokens
-        self.item_token_id = item_token_id(tokenizer)
+        self.item_token_id = placeholder_token_id(tokenizer)
         if tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer has no EOS token: the generated title needs one to end.")
         self.eos_token_id = tokenizer.eos_token_id

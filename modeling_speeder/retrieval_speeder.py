@@ -91,24 +91,46 @@ class SpeederSASRecRetriever(nn.Module):
     def forward(self, histories: torch.LongTensor) -> torch.Tensor:
         """histories `(batch, length)`: item rows 0.. (the order of `item_ids`), right-padded with -1; every row holds
         at least one item. Returns the scores of every item, `(batch, num_items)`."""
+        return self.encode(histories) @ self.item_embedding.weight[1:].T
+
+    @torch.no_grad()
+    def encode(self, histories: torch.LongTensor) -> torch.Tensor:
+        """The sequence representation after each history's last item, `(batch, hidden_size)`; `histories` as in
+        `forward`."""
         length = histories.shape[1]
         positions = torch.arange(length, device=histories.device).unsqueeze(0)
         hidden = self.layer_norm(self.item_embedding(histories + 1) + self.position_embedding(positions))
         causal_mask = nn.Transformer.generate_square_subsequent_mask(length, device=histories.device)
         output = self.encoder(hidden, mask=causal_mask, is_causal=True)
         last = (histories >= 0).sum(dim=1) - 1
-        states = output[torch.arange(histories.shape[0], device=histories.device), last]
-        return states @ self.item_embedding.weight[1:].T
+        return output[torch.arange(histories.shape[0], device=histories.device), last]
+
+    def padded_rows(self, histories: list[list[int]]) -> torch.LongTensor:
+        """Histories of item rows as `forward`'s right-padded `(batch, length)` input, each cut to its most recent
+        `max_seq_length` items."""
+        kept = [list(rows)[-self.max_history_length:] for rows in histories]
+        padded = torch.full((len(kept), max(len(rows) for rows in kept)), -1, dtype=torch.long)
+        for index, rows in enumerate(kept):
+            padded[index, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+        return padded.to(self.item_embedding.weight.device)
 
     def score(self, histories: list[list[str]]) -> torch.Tensor:
         """Scores of every item of `item_ids` for each history of known item ids, `(batch, num_items)`; only the
         most recent `max_seq_length` items of a history are read."""
-        kept = [[self.rows[str(item_id)] for item_id in history][-self.max_history_length:] for history in histories]
-        width = max(len(rows) for rows in kept)
-        padded = torch.full((len(kept), width), -1, dtype=torch.long)
-        for index, rows in enumerate(kept):
-            padded[index, : len(rows)] = torch.tensor(rows)
-        return self(padded.to(self.item_embedding.weight.device)).float()
+        rows = [[self.rows[str(item_id)] for item_id in history] for history in histories]
+        return self(self.padded_rows(rows)).float()
+
+    def user_features(self, histories: list[list], by_row: bool = False) -> torch.Tensor:
+        """The `<user>` features of a Speeder model with a user token: `encode` of each history, `(batch,
+        hidden_size)` float32 on the CPU. Histories hold item ids (items this SASRec never saw, e.g. added to the
+        item cache later, are left out), or item rows (the data's item indices) `by_row`."""
+        if not by_row:
+            histories = [[self.rows[str(item_id)] for item_id in history if str(item_id) in self.rows]
+                         for history in histories]
+            if not all(histories):
+                raise ValueError("A history holds no item the user encoder (SASRec) was trained on, so it has no "
+                                 "<user> token: give at least one item of its training data.")
+        return self.encode(self.padded_rows(histories)).float().cpu()
 
     def save(self, path: str | os.PathLike):
         """Writes the weights and, in the metadata, the sizes and item ids (one safetensors file)."""

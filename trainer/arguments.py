@@ -35,6 +35,7 @@ MODEL_CONFIG_FIELDS = {
     "history_indices": "history_indices",
     "gate_type": "gate_type",
     "gate_bias_init": "gate_bias_init",
+    "user_token": "user_token",
     "fusion_hidden_size": "fusion_hidden_size",
     "fusion_num_attention_heads": "fusion_num_attention_heads",
     "fusion_intermediate_size": "fusion_intermediate_size",
@@ -78,6 +79,12 @@ class SpeederArguments:
         default=SpeederConfig.gate_bias_init,
         metadata={"help": "Start value of each tanh gate's bias (its weight starts at 0): 0 is the paper's closed "
                           "gate; a positive value passes tanh(b) of the gated modality from the first step."},
+    )
+    user_token: bool = field(
+        default=SpeederConfig.user_token,
+        metadata={"help": "Start each prompt with a <user> soft token: the state of SASRec (trained as the ID "
+                          "features were) after the history, projected to the backbone's width (A-LLMRec's user "
+                          "token; not in the paper)."},
     )
     fusion_hidden_size: int = SpeederConfig.fusion_hidden_size
     fusion_num_attention_heads: int = SpeederConfig.fusion_num_attention_heads

@@ -15,9 +15,9 @@ from modeling_speeder.file_utils import write_json_atomically
 
 from .arguments import STAGE_SKIPPING_ABLATIONS, SpeederArguments, SpeederSFTConfig, machine_description
 from .callbacks import NonFiniteGradientCallback
-from .training_data import load_features, modalities_in_data, training_rows
+from .training_data import load_features, modalities_in_data, training_rows, user_encoder
 from .evaluation import evaluate_ppt, evaluate_split
-from .model_building import build_model, gate_openness
+from .model_building import ALIGN_MAX_ITEMS, build_model, gate_openness
 from .report import plot_training_curve, results_table, write_log
 from .run_folder import STAGE_DONE, check_run_config, record_run_config, run_config
 from .sft_trainer import SpeederSFTTrainer
@@ -30,16 +30,17 @@ def stage_modalities(stage: Stage, features: ItemFeatureTable) -> tuple[str, ...
 
 
 def run_stage(stage: Stage, args: SpeederArguments, training_args: SpeederSFTConfig, data, features, run_dir: Path,
-              previous_adapter: Path | None) -> dict:
+              previous_adapter: Path | None, users=None) -> dict:
     stage_dir = run_dir / f"stage{stage.number}"
     modalities = stage_modalities(stage, features)
-    model, tokenizer = build_model(args, features, training_args.seed, previous_adapter, align_modalities=modalities)
-    trainable = apply_stage(model, stage)
-    processor = SpeederProcessor.from_model_config(model.get_base_model().config, tokenizer)
-    collator = processor.with_items(features, modalities)
     # each stage draws its own order (and, with a fractional epoch, its own part) of the training rows
     rows = training_rows(data, args, training_args.seed, args.max_train_samples,
                          shuffle_seed=training_args.seed + stage.number)
+    model, tokenizer = build_model(args, features, training_args.seed, previous_adapter, align_modalities=modalities,
+                                   users=users, align_histories=rows[:ALIGN_MAX_ITEMS]["history"] if users else ())
+    trainable = apply_stage(model, stage)
+    processor = SpeederProcessor.from_model_config(model.get_base_model().config, tokenizer)
+    collator = processor.with_items(features, modalities, users=users)
     features.check_items({i for row in rows for i in row["history"] + row["candidates"]}, modalities)
     stage_args = copy.deepcopy(training_args)
     stage_args.output_dir = str(stage_dir)  # checkpoints, and TensorBoard events under runs/
@@ -95,6 +96,12 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
     data, _, _ = load_built_dataset(args.data_dir)
     features = load_features(args.data_dir, args)
     in_data = modalities_in_data(args.data_dir)
+    users = None
+    if args.user_token:
+        if state.is_main_process:
+            user_encoder(args.data_dir, run_dir)  # trained once, by one process
+        state.wait_for_everyone()
+        users = user_encoder(args.data_dir, run_dir)
     stage_metrics, skipped = {}, []
     for number in args.stage_numbers:
         stage = STAGES[number]
@@ -115,15 +122,16 @@ def train_stages(args: SpeederArguments, training_args: SpeederSFTConfig) -> dic
             skipped.append(number)
             continue
         previous = _previous_adapter(run_dir, number, args, skipped)
-        stage_metrics[number] = run_stage(stage, args, training_args, data, features, run_dir, previous)
+        stage_metrics[number] = run_stage(stage, args, training_args, data, features, run_dir, previous, users)
     if not stage_metrics:
         raise ValueError(f"No stage of {args.stage_numbers} had data for its modalities: check the features and "
                          "--drop_modalities.")
     last = max(stage_metrics)
     if state.is_main_process:
-        model, tokenizer = build_model(args, features, training_args.seed, run_dir / f"stage{last}" / "adapter")
+        model, tokenizer = build_model(args, features, training_args.seed, run_dir / f"stage{last}" / "adapter",
+                                       users=users)
         collator = SpeederProcessor.from_model_config(model.get_base_model().config, tokenizer).with_items(
-            features, stage_modalities(STAGES[last], features))
+            features, stage_modalities(STAGES[last], features), users=users)
         test = evaluate_split(model, collator, data, "test", args, predictions_path(run_dir / "results.json"),
                               desc="test")
         results = {"stages": {str(k): v for k, v in stage_metrics.items()}, "test": test, "final_stage": last,

@@ -7,25 +7,31 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import set_seed
 
 from datasets_builder.build import pool_size
-from modeling_speeder import ItemFeatureTable
+from modeling_speeder import ItemFeatureTable, SpeederSASRecRetriever
 from modeling_speeder.backbones import build_speeder_model
 from modeling_speeder.prompt_speeder import candidate_labels_for
 
 from .arguments import SpeederArguments
 
-MODULES_TO_SAVE = ["item_encoder", "history_position_embeddings"]
+MODULES_TO_SAVE = ["item_encoder", "history_position_embeddings", "user_projector"]
 ALIGN_MAX_ITEMS = 8192  # items whose embeddings set the alignment statistics (a seeded sample of larger catalogues)
 
 
 def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, previous_adapter: Path | None,
-                align_modalities: tuple[str, ...] = ()):
+                align_modalities: tuple[str, ...] = (), users: SpeederSASRecRetriever | None = None,
+                align_histories: list[list[int]] = ()):
     """The Speeder model (seeded, so every stage rebuilds identical base weights) wrapped with LoRA; its prompt has one
     candidate label per candidate of the data's stored pools.
 
     A fresh model (no `previous_adapter`) with `align_modalities` has its item encoder's output aligned to the
-    backbone's token embeddings on the items' features of those modalities (`--align_item_embeddings`)."""
+    backbone's token embeddings on the items' features of those modalities (`--align_item_embeddings`), and with
+    `--user_token` its user projector on the `users` features of `align_histories` (item indices)."""
     set_seed(seed)
     sizes = {f"{m}_feature_size": features.features[m].shape[1] for m in features.features}
+    if args.user_token:
+        if users is None:
+            raise ValueError("--user_token needs the user encoder (`training_data.user_encoder`).")
+        sizes["user_feature_size"] = users.config["hidden_size"]
     model, tokenizer = build_speeder_model(
         args.backbone,
         attn_implementation=args.attn_implementation,
@@ -50,6 +56,9 @@ def build_model(args: SpeederArguments, features: ItemFeatureTable, seed: int, p
         statistics = model.model.align_item_embeddings(**features.gather(items, align_modalities))
         print(f"Item embeddings aligned to the backbone's token embeddings on {len(items)} items: "
               f"scale {statistics['scale']:.3g}, token mean norm {statistics['token_mean_norm']:.3g}")
+        if args.user_token and align_histories:
+            statistics = model.model.align_user_embeddings(users.user_features(list(align_histories), by_row=True))
+            print(f"User embeddings aligned on {len(align_histories)} histories: scale {statistics['scale']:.3g}")
     modules_to_save = [m for m in MODULES_TO_SAVE if getattr(model.model, m, None) is not None]
     lora = LoraConfig(
         r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,

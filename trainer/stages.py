@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Trainable groups of the item encoder, by parameter-name pattern. LoRA and the PPL table train in every stage.
+# Trainable groups of the item encoder, by parameter-name pattern. LoRA, the PPL table and the user token's projector
+# train in every stage.
 PARAMETER_GROUPS = {
     "text_adapter": r"\.adapters\.text\.",
     "vision_adapter": r"\.adapters\.vision\.",
@@ -21,7 +22,7 @@ PARAMETER_GROUPS = {
     "attention": r"\.layers\.\d+\.(attention|attention_norm|expert_norm)\.",
     "output_adapter": r"\.output_adapter\.",
 }
-ALWAYS_TRAINABLE = r"(lora_|history_position_embeddings)"
+ALWAYS_TRAINABLE = r"(lora_|history_position_embeddings|user_projector)"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""What a run reads from a built DATA_DIR: training rows (with history prefixes and PPT rows) and the item features."""
+"""What a run reads from a built DATA_DIR: training rows (with history prefixes and PPT rows), the item features and,
+with `--user_token`, the user encoder."""
 
 import shlex
 from pathlib import Path
@@ -9,9 +10,11 @@ from datasets import Dataset, Features, List, Value, concatenate_datasets
 from safetensors import safe_open
 
 from datasets_builder.build import DEFAULT_ENCODERS, load_built_dataset, train_subset
-from datasets_builder.features import feature_data_fingerprint, load_item_features, read_feature_manifest
+from datasets_builder.features import (feature_data_fingerprint, load_item_features, read_feature_manifest,
+                                       train_id_sasrec)
 from datasets_builder.sequencing import history_prefixes
-from modeling_speeder import MODALITIES, ItemFeatureTable
+from modeling_speeder import MODALITIES, ItemFeatureTable, SpeederSASRecRetriever
+from modeling_speeder.file_utils import replace_atomically
 
 from .arguments import SpeederArguments
 
@@ -60,6 +63,23 @@ def history_prefix_rows(rows: Dataset, min_history: int, seed: int) -> Dataset:
         return out
 
     return rows.map(expand, batched=True, with_indices=True, remove_columns=rows.column_names, features=rows.features)
+
+
+USER_ENCODER_FILE = "user_encoder_sasrec.safetensors"
+
+
+def user_encoder(data_dir: str, run_dir: str | Path) -> SpeederSASRecRetriever:
+    """The `<user>` token's encoder of a `--user_token` run: SASRec trained on DATA_DIR as its ID features were
+    (`train_id_sasrec`, seeded), over the data's items in item-index order. Trained once per run and kept in
+    `RUN_DIR/user_encoder_sasrec.safetensors`, which every later stage and the test read."""
+    path = Path(run_dir) / USER_ENCODER_FILE
+    if not path.is_file():
+        _, items, _ = load_built_dataset(data_dir)
+        result, _, _ = train_id_sasrec(data_dir)
+        order = sorted(zip(items["item_index"], items["item_id"]))
+        encoder = SpeederSASRecRetriever.from_sasrec(result.model.cpu(), [str(item_id) for _, item_id in order])
+        replace_atomically(path, encoder.save)
+    return SpeederSASRecRetriever.from_file(path)
 
 
 def load_features(data_dir: str, args: SpeederArguments) -> ItemFeatureTable:
