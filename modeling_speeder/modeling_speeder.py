@@ -759,13 +759,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             self._processor = SpeederProcessor.from_model_config(self.config, tokenizer)
         users = None
         if self.config.user_token:
-            users = self.__dict__.get("_sasrec_retriever") or self.load_sasrec_retriever()
-            if users is None:
-                raise ValueError(
-                    f"This model reads a <user> token made by the SASRec encoder it was trained with, but "
-                    f"{self.name_or_path!r} has no {SASREC_RETRIEVER_FILE}: load the exported folder, or call "
-                    "model.load_sasrec_retriever(folder)."
-                )
+            users = self._required_sasrec_retriever(
+                "This model reads a <user> token made by the SASRec model it was trained with",
+                "load the exported folder, or call model.load_sasrec_retriever(folder).")
         return self._processor.with_items(self.item_cache, users=users)
 
     def load_item_cache(
@@ -808,6 +804,14 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             return None
         retriever = SpeederSASRecRetriever.from_file(file)
         self.__dict__["_sasrec_retriever"] = retriever  # beside the model, not a submodule: kept out of its weights
+        return retriever
+
+    def _required_sasrec_retriever(self, need: str, fix: str) -> SpeederSASRecRetriever:
+        """The SASRec retriever of the model's folder (loaded on first use), else a ValueError: `need`, then `fix`."""
+        retriever = self.__dict__.get("_sasrec_retriever") or self.load_sasrec_retriever()
+        if retriever is None:
+            raise ValueError(f"{need} ({SASREC_RETRIEVER_FILE}) beside the weights, and {self.name_or_path!r} has "
+                             f"none: {fix}")
         return retriever
 
     def available_retrievers(self) -> list[str]:
@@ -867,13 +871,10 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         cache.rows_of([item_id for history in histories for item_id in history])  # one error naming every unknown id
         retrievable = torch.ones(len(cache), dtype=torch.bool)
         if retriever == "sasrec":
-            sasrec = self.__dict__.get("_sasrec_retriever") or self.load_sasrec_retriever()
-            if sasrec is None:
-                raise ValueError(
-                    f"retriever='sasrec' needs a SASRec retriever ({SASREC_RETRIEVER_FILE}) beside the weights, and "
-                    f"{self.name_or_path!r} has none: the available retrievers are {self.available_retrievers()} "
-                    "(hub_upload's export_run(..., sasrec_retriever=True) ships one)."
-                )
+            sasrec = self._required_sasrec_retriever(
+                "retriever='sasrec' needs a SASRec retriever",
+                f"the available retrievers are {self.available_retrievers()} (hub_upload's export_run(..., "
+                "sasrec_retriever=True) ships one).")
             known = [[item_id for item_id in history if str(item_id) in sasrec.rows] for history in histories]
             blind = [name for name, history in zip(names, known) if not history]
             if blind:

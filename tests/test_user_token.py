@@ -190,3 +190,14 @@ def test_the_export_ships_the_user_encoder_and_ranks_like_the_trained_model(run_
     assert len(served) == len(samples) > 0
     for sample, ranked in zip(samples, served):
         assert ranked == pytest.approx(sample["scores"], abs=1e-4)
+    (out / "retriever_sasrec.safetensors").unlink()
+    output = run_isolated(f"""
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)
+        try:
+            model.recommend({samples[0]["history"]!r}, {samples[0]["candidates"]!r})
+            print("ranked without its user encoder")
+        except ValueError as error:
+            print(error)
+    """)
+    assert "reads a <user> token made by the SASRec model it was trained with" in output
