@@ -422,14 +422,15 @@ class SpeederModel(SpeederPreTrainedModel):
         if self.user_projector is None:
             return inputs_embeds
         user_mask = input_ids == self.config.user_token_id
-        if not bool(user_mask.any()):
+        per_prompt = user_mask.sum(-1).tolist()  # one host sync
+        if not any(per_prompt):
             return inputs_embeds
         if user_features is None:
             raise ValueError("The prompts hold <user> tokens but no user_features were given: pass one row of "
                              "user features per prompt (the processor computes them with its user encoder).")
-        if not bool((user_mask.sum(-1) == 1).all()) or user_features.shape[0] != input_ids.shape[0]:
+        if set(per_prompt) != {1} or user_features.shape[0] != input_ids.shape[0]:
             raise ValueError(f"Each of the {input_ids.shape[0]} prompts needs exactly one <user> token and one row of "
-                             f"user_features; got {int(user_mask.sum())} tokens and {user_features.shape[0]} rows.")
+                             f"user_features; got {sum(per_prompt)} tokens and {user_features.shape[0]} rows.")
         users = self.encode_users(user_features.to(inputs_embeds.device)).to(inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(user_mask.unsqueeze(-1), users)
 

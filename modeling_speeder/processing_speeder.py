@@ -315,14 +315,16 @@ class SpeederProcessor(ProcessorMixin):
         return BatchFeature(batch)
 
     def user_features(self, rows: list[dict], items=None) -> torch.Tensor:
-        """`(batch, user_feature_size)` features of each row's user, from the history its prompt shows."""
+        """`(batch, user_feature_size)` features of each row's user, from the history its prompt shows (`encode`
+        keeps the most recent `max_history_length` items); each distinct history is encoded once (a sequence's
+        pools share one)."""
         if self.users is None:
             raise ValueError("This processor writes a <user> token (user_token=True) but has no user encoder: pass "
                              "users=... (e.g. the model's SASRec retriever) to with_items.")
         items = self.items if items is None else items
-        histories = [list(row["history"]) if row.get("ppt_positions")
-                     else list(row["history"])[-self.max_history_length:] for row in rows]
-        return self.users.user_features(histories, by_row=isinstance(items, ItemFeatureTable))
+        histories, rows_of = distinct_rows([tuple(row["history"][-self.max_history_length:]) for row in rows])
+        features = self.users.user_features([list(h) for h in histories], by_row=isinstance(items, ItemFeatureTable))
+        return features[rows_of]
 
     @property
     def model_input_names(self) -> list[str]:
